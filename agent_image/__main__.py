@@ -1,0 +1,3 @@
+from agent_image.agent import main
+
+main()

@@ -1,0 +1,166 @@
+"""mirrortrace-agent: does in the pod what the supervisor asks, over stdin/stdout.
+
+It runs in the pod's network namespace (an ephemeral container, `ip netns exec`,
+`kubectl exec`, ...), so its connects, UDP exchanges and file reads are the
+pod's. It never listens on a port of its own, speaks only on its stdin/stdout,
+and exits when stdin closes, so it leaves nothing behind when the supervisor
+goes away, however it goes. Standard library only: it must start with
+`python -I -S`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+
+from agent_image import __version__
+from agent_image import protocol as p
+from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
+
+FEATURES = ("connect", "udp", "read_file", "uname")
+
+
+class Agent:
+    """The request handlers; one instance per session."""
+
+    def __init__(self, target_pid: int | None) -> None:
+        self.root = f"/proc/{target_pid}/root" if target_pid else ""
+        self.channel: Channel | None = None
+
+    async def handle(self, sid: int, msg: p.Message) -> p.Message | None:
+        if isinstance(msg, p.Connect):
+            return await self.connect(sid, msg)
+        if isinstance(msg, p.UdpOpen):
+            return await self.udp_open(sid, msg)
+        if isinstance(msg, p.ReadFile):
+            return self.read_file(msg)
+        if isinstance(msg, p.Uname):
+            u = os.uname()
+            return p.UnameReply(
+                sysname=u.sysname,
+                nodename=u.nodename,
+                release=u.release,
+                version=u.version,
+                machine=u.machine,
+                domainname=_domainname(),
+            )
+        return p.ErrorReply(errno="EOPNOTSUPP", message=f"this agent does not serve {msg.op!r}")
+
+    async def connect(self, sid: int, msg: p.Connect) -> p.Message | None:
+        """Connect from the pod; the reply carries the pod kernel's own errno on failure."""
+        assert self.channel is not None
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in msg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            connecting = loop.sock_connect(sock, (msg.host, msg.port))
+            if msg.timeout:
+                await asyncio.wait_for(connecting, msg.timeout)
+            else:
+                await connecting
+            local = sock.getsockname()
+        except TimeoutError:
+            sock.close()
+            return p.ErrorReply(errno="ETIMEDOUT", message="connect timed out")
+        except OSError as exc:
+            sock.close()
+            return p.ErrorReply.from_oserror(exc)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        if not self.channel.is_open:
+            sock.close()
+            return None
+        bridge = TcpBridge(self.channel)
+        bridge.sid = sid
+        bridge.hold_reading()
+        self.channel.streams[sid] = bridge
+        await loop.connect_accepted_socket(lambda: bridge, sock)
+        # The reply must leave before any byte of the stream does.
+        self.channel.respond(sid, p.Connected(local_host=local[0], local_port=local[1]))
+        bridge.start()
+        return None
+
+    async def udp_open(self, sid: int, msg: p.UdpOpen) -> p.Message:
+        assert self.channel is not None
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if msg.family == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        local = sock.getsockname()
+        bridge = DatagramBridge(self.channel)
+        bridge.sid = sid
+        self.channel.streams[sid] = bridge
+        await loop.create_datagram_endpoint(lambda: bridge, sock=sock)
+        return p.UdpOpened(local_host=local[0], local_port=local[1])
+
+    def read_file(self, msg: p.ReadFile) -> p.Message:
+        if not msg.path.startswith("/"):
+            return p.ErrorReply(errno="EINVAL", message="path must be absolute")
+        try:
+            with open(self.root + msg.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read(msg.max_bytes + 1)
+        except OSError as exc:
+            return p.ErrorReply.from_oserror(exc)
+        if len(data) > msg.max_bytes:
+            return p.ErrorReply(errno="EFBIG", message=f"larger than {msg.max_bytes} bytes")
+        return p.FileData(
+            path=msg.path, size=st.st_size, mode=st.st_mode, mtime=st.st_mtime, blob=data
+        )
+
+
+def _domainname() -> str:
+    try:
+        with open("/proc/sys/kernel/domainname") as f:
+            return f.read().strip()
+    except OSError:
+        return "(none)"
+
+
+async def serve(target_pid: int | None) -> str | None:
+    """Serve one session on stdin/stdout; returns the reason it ended (None if clean)."""
+    agent = Agent(target_pid)
+    channel = Channel(
+        "agent", agent.handle, software=f"mirrortrace-agent {__version__}", features=FEATURES
+    )
+    agent.channel = channel
+    # Duplicates, so closing the transports never closes fds 0/1 under anybody's feet.
+    rfile = os.fdopen(os.dup(0), "rb", buffering=0)
+    wfile = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(os.open(os.devnull, os.O_RDWR), 1)  # nothing else may write frames
+    await channel.open_pipes(rfile, wfile)
+    try:
+        await channel.handshake()
+    except ChannelClosed as exc:
+        return exc.reason
+    return await channel.closed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="mirrortrace-agent",
+        description="Serve one mirrortrace session on stdin/stdout, from this network "
+        "namespace. Exits when stdin closes.",
+    )
+    parser.add_argument(
+        "--target-pid",
+        type=int,
+        help="read files and environment as process PID sees them (/proc/PID/root)",
+    )
+    parser.add_argument("--version", action="version", version=f"mirrortrace-agent {__version__}")
+    args = parser.parse_args(argv)
+    if args.target_pid is not None and not os.path.isdir(f"/proc/{args.target_pid}/root"):
+        parser.exit(2, f"mirrortrace-agent: no process {args.target_pid} to serve files of\n")
+    try:
+        reason = asyncio.run(serve(args.target_pid))
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    if reason:
+        print(f"mirrortrace-agent: {reason}", file=sys.stderr)
+        sys.exit(1)

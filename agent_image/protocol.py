@@ -1,0 +1,385 @@
+"""The mirrortrace wire protocol, defined once for the supervisor and the agent.
+
+Everything that crosses the channel is a frame::
+
+    +----------------+---------+----------------+-----------------+
+    | length: u32 BE | type: u8| stream: u32 BE | payload[length] |
+    +----------------+---------+----------------+-----------------+
+
+Frame types (stream 0 is the session itself):
+
+    HELLO     stream 0   Hello message; the first frame each way (version handshake)
+    REQUEST   stream S   a request message; S is the request id, and for requests that
+                         open a stream (connect, udp_open) also the stream id
+    RESPONSE  stream S   the reply to request S: a reply message or an ErrorReply
+    DATA      stream S   raw bytes of a TCP stream
+    WINDOW    stream S   u32 BE credit: the receiver consumed that many DATA bytes
+    EOF       stream S   the sender will send no more DATA on S (TCP half-close)
+    RESET     stream S   the stream is gone both ways; payload is an ErrorReply body
+    DATAGRAM  stream S   one UDP datagram: packed address (see pack_addr) + bytes
+    GOODBYE   stream 0   clean shutdown: the sender will send nothing more
+    ERROR     stream 0   fatal protocol error; payload is a UTF-8 message; then close
+
+Control payloads (HELLO, REQUEST, RESPONSE, RESET) are a u32 BE length, a UTF-8
+JSON object of that length, then an optional binary blob (file contents), so bytes
+never travel as base64 and nothing is ever unpickled. Unknown JSON fields are
+ignored and unknown ops are answered with an ErrorReply, so either side can grow
+without "V2" variants.
+
+Flow control is per stream and byte-counted: each side may have at most
+INITIAL_WINDOW bytes of DATA in flight on a stream until the peer grants more with
+WINDOW, so a slow consumer never makes the other side buffer without bound.
+Stream ids opened by the supervisor are odd, those opened by the agent even, so
+both can open streams without coordination (as in HTTP/2).
+
+Standard library only: this module ships in the agent image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import errno as errno_mod
+import json
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+VERSION = 1
+HEADER = struct.Struct("!IBI")
+MAX_PAYLOAD = 1 << 20
+MAX_DATA_CHUNK = 64 * 1024
+INITIAL_WINDOW = 512 * 1024
+_WINDOW = struct.Struct("!I")
+_JSON_LEN = struct.Struct("!I")
+
+
+class ProtocolError(Exception):
+    """The peer sent something this side cannot understand; the session must end."""
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    REQUEST = 2
+    RESPONSE = 3
+    DATA = 4
+    WINDOW = 5
+    EOF = 6
+    RESET = 7
+    DATAGRAM = 8
+    GOODBYE = 9
+    ERROR = 10
+
+
+_SESSION_ONLY = {FrameType.HELLO, FrameType.GOODBYE, FrameType.ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    stream: int
+    payload: bytes
+
+
+def encode_frame(ftype: FrameType, stream: int, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(len(payload), ftype, stream) + payload
+
+
+class FrameDecoder:
+    """Incremental frame parser: feed bytes as they arrive, get whole frames out.
+
+    Validates as it goes so garbage is rejected at the first bad header rather
+    than after waiting for a bogus 4 GiB payload.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames: list[Frame] = []
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        while end - pos >= HEADER.size:
+            length, ftype, stream = HEADER.unpack_from(buf, pos)
+            if length > MAX_PAYLOAD:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD} limit")
+            try:
+                kind = FrameType(ftype)
+            except ValueError:
+                raise ProtocolError(f"unknown frame type {ftype}") from None
+            if (kind in _SESSION_ONLY) != (stream == 0):
+                raise ProtocolError(f"{kind.name} frame on stream {stream}")
+            if end - pos - HEADER.size < length:
+                break
+            start = pos + HEADER.size
+            frames.append(Frame(kind, stream, bytes(buf[start : start + length])))
+            pos = start + length
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame; non-zero at end of input means truncation."""
+        return len(self._buf)
+
+
+# --- control payloads -------------------------------------------------------------
+
+
+def encode_control(body: dict[str, Any], blob: bytes = b"") -> bytes:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return _JSON_LEN.pack(len(data)) + data + blob
+
+
+def decode_control(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    if len(payload) < _JSON_LEN.size:
+        raise ProtocolError("control payload shorter than its length prefix")
+    (n,) = _JSON_LEN.unpack_from(payload)
+    if n > len(payload) - _JSON_LEN.size:
+        raise ProtocolError("control payload truncated")
+    try:
+        body = json.loads(payload[_JSON_LEN.size : _JSON_LEN.size + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"control payload is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("control payload is not a JSON object")
+    return body, payload[_JSON_LEN.size + n :]
+
+
+def encode_window(credit: int) -> bytes:
+    return _WINDOW.pack(credit)
+
+
+def decode_window(payload: bytes) -> int:
+    if len(payload) != _WINDOW.size:
+        raise ProtocolError("WINDOW payload must be 4 bytes")
+    return _WINDOW.unpack(payload)[0]
+
+
+# --- datagram addresses -------------------------------------------------------------
+
+_ADDR4 = struct.Struct("!BH4s")
+_ADDR6 = struct.Struct("!BH16s")
+
+
+def pack_addr(host: str, port: int) -> bytes:
+    """Pack an IP address and port for a DATAGRAM frame (family byte 4 or 6)."""
+    if ":" in host:
+        return _ADDR6.pack(6, port, socket.inet_pton(socket.AF_INET6, host))
+    return _ADDR4.pack(4, port, socket.inet_pton(socket.AF_INET, host))
+
+
+def unpack_addr(payload: bytes) -> tuple[str, int, bytes]:
+    """Split a DATAGRAM payload into (host, port, data)."""
+    if not payload:
+        raise ProtocolError("empty DATAGRAM payload")
+    if payload[0] == 4 and len(payload) >= _ADDR4.size:
+        _, port, raw = _ADDR4.unpack_from(payload)
+        return socket.inet_ntop(socket.AF_INET, raw), port, payload[_ADDR4.size :]
+    if payload[0] == 6 and len(payload) >= _ADDR6.size:
+        _, port, raw = _ADDR6.unpack_from(payload)
+        return socket.inet_ntop(socket.AF_INET6, raw), port, payload[_ADDR6.size :]
+    raise ProtocolError("malformed DATAGRAM address")
+
+
+# --- typed messages -----------------------------------------------------------------
+
+
+def errno_name(code: int) -> str:
+    return errno_mod.errorcode.get(code, "EIO")
+
+
+def errno_value(name: str) -> int | None:
+    """The local errno for a remote errno name, or None when this system lacks it."""
+    value = getattr(errno_mod, name, None)
+    return value if isinstance(value, int) else None
+
+
+@dataclass
+class Message:
+    """Base of every control message; `op` names it on the wire."""
+
+    op: ClassVar[str] = ""
+    blob: bytes = field(default=b"", repr=False, kw_only=True)
+
+    def to_payload(self) -> bytes:
+        body = {"op": self.op}
+        for f in dataclasses.fields(self):
+            if f.name != "blob":
+                body[f.name] = getattr(self, f.name)
+        return encode_control(body, self.blob)
+
+
+_MESSAGES: dict[str, type[Message]] = {}
+
+
+def message(cls: type[Message]) -> type[Message]:
+    """Register a message class under its op so decode_message can find it."""
+    if cls.op in _MESSAGES:
+        raise ValueError(f"duplicate op {cls.op}")
+    _MESSAGES[cls.op] = cls
+    return cls
+
+
+def decode_message(payload: bytes) -> Message:
+    """Decode a control payload into its message class.
+
+    Unknown fields are dropped (a newer peer may send more); an unknown op or a
+    missing field is a ProtocolError the caller can answer with an ErrorReply.
+    """
+    body, blob = decode_control(payload)
+    op = body.get("op")
+    cls = _MESSAGES.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown op {op!r}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "blob":
+            continue
+        if f.name in body:
+            kwargs[f.name] = body[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ProtocolError(f"{op} lacks field {f.name!r}")
+    try:
+        return cls(**kwargs, blob=blob)
+    except TypeError as exc:
+        raise ProtocolError(f"bad {op}: {exc}") from None
+
+
+@message
+@dataclass
+class Hello(Message):
+    op: ClassVar[str] = "hello"
+    version: int
+    role: str
+    software: str = ""
+    features: list[str] = field(default_factory=list)
+    pid: int = 0
+
+
+@message
+@dataclass
+class ErrorReply(Message):
+    """A failed request, carried as data: the errno name travels, not the number,
+    because numbers differ between architectures."""
+
+    op: ClassVar[str] = "error"
+    errno: str
+    message: str = ""
+
+    @classmethod
+    def from_oserror(cls, exc: OSError) -> ErrorReply:
+        code = exc.errno if exc.errno is not None else errno_mod.EIO
+        return cls(errno=errno_name(code), message=os.strerror(code))
+
+
+@message
+@dataclass
+class Connect(Message):
+    """Open a TCP connection from the pod; on success the request id becomes a stream."""
+
+    op: ClassVar[str] = "connect"
+    host: str
+    port: int
+    timeout: float | None = None
+
+
+@message
+@dataclass
+class Connected(Message):
+    op: ClassVar[str] = "connected"
+    local_host: str
+    local_port: int
+
+
+@message
+@dataclass
+class UdpOpen(Message):
+    """Open a UDP socket in the pod; the request id becomes a datagram stream."""
+
+    op: ClassVar[str] = "udp_open"
+    family: int  # 4 or 6
+
+
+@message
+@dataclass
+class UdpOpened(Message):
+    op: ClassVar[str] = "udp_opened"
+    local_host: str
+    local_port: int
+
+
+@message
+@dataclass
+class ReadFile(Message):
+    """Read a small file whole (resolver files, hostname); the reply's blob holds it."""
+
+    op: ClassVar[str] = "read_file"
+    path: str
+    max_bytes: int = 1 << 20
+
+
+@message
+@dataclass
+class FileData(Message):
+    op: ClassVar[str] = "file_data"
+    path: str
+    size: int
+    mode: int
+    mtime: float
+
+
+@message
+@dataclass
+class Uname(Message):
+    op: ClassVar[str] = "uname"
+
+
+@message
+@dataclass
+class UnameReply(Message):
+    op: ClassVar[str] = "uname_reply"
+    sysname: str
+    nodename: str
+    release: str
+    version: str
+    machine: str
+    domainname: str = "(none)"
+
+
+@message
+@dataclass
+class Goodbye(Message):
+    op: ClassVar[str] = "goodbye"
+    reason: str = ""
+
+
+@message
+@dataclass
+class Reset(Message):
+    """Why a stream ended abnormally (payload of RESET frames)."""
+
+    op: ClassVar[str] = "reset"
+    errno: str = "ECONNRESET"
+    message: str = ""
+
+
+def check_hello(msg: Message, expect_role: str) -> Hello:
+    """Validate the peer's handshake; the version must match exactly for now."""
+    if not isinstance(msg, Hello):
+        raise ProtocolError(f"expected hello, got {msg.op}")
+    if msg.role != expect_role:
+        raise ProtocolError(f"peer says it is a {msg.role!r}, expected {expect_role!r}")
+    if msg.version != VERSION:
+        raise ProtocolError(
+            f"protocol version mismatch: peer speaks {msg.version}, this side {VERSION}"
+            " (use the agent image that matches this mirrortrace version)"
+        )
+    return msg
