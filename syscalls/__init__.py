@@ -1,0 +1,1 @@
+"""Syscall handlers, one family per module, registered in syscalls.table."""
