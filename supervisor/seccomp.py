@@ -95,7 +95,7 @@ SOCK_FILTER = struct.Struct("<HBBI")  # struct sock_filter {u16 code; u8 jt, jf;
 
 MAX_ERRNO = 4095  # the kernel caps SECCOMP_RET_ERRNO data at MAX_ERRNO
 _ENOSYS_RET = SECCOMP_RET_ERRNO | errno_mod.ENOSYS
-_LINEAR_MAX = 3  # below this many numbers a JEQ chain beats another JGE level
+_LINEAR_MAX = 3  # up to this many numbers, a JEQ chain is as short as another JGE level
 
 
 @dataclass(frozen=True)
