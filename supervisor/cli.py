@@ -1,0 +1,548 @@
+"""The mirrortrace command line.
+
+Every command checks all of its input before it starts anything, and every
+error the user can fix is a :class:`MirrortraceError` printed as one line,
+``mirrortrace: <what>; <what to do>``, with exit status 2 — click's own usage
+errors included, which is why the app runs click in non-standalone mode
+inside :class:`_Group` instead of letting it print its multi-line boxes.
+
+Startup time counts (``mirrortrace run -- true`` should take well under a
+third of a second), so this module imports only typer and the small errors
+module at load time; everything else is imported inside the command that
+needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+try:  # typer 0.2x carries its own copy of click and raises its exceptions
+    from typer._click import exceptions as click_errors
+except ImportError:  # older typer uses click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+from supervisor.errors import CommandNotFoundError, MirrortraceError, UsageError
+
+LOCAL_AGENT_NOTICE = (
+    "mirrortrace: no target or agent configured; using a local agent — "
+    "{name} sees this machine's network and files"
+)
+
+
+def _say(line: str) -> None:
+    print(f"mirrortrace: {line}", file=sys.stderr, flush=True)
+
+
+def _usage_line(err: click_errors.UsageError, args: list[str]) -> str:
+    if isinstance(err, click_errors.NoSuchOption):
+        message = f"no such option: {err.option_name}"
+        if err.possibilities:
+            message += f" (did you mean {', '.join(sorted(err.possibilities))}?)"
+    else:
+        message = " ".join(err.format_message().split()).rstrip(".")
+        if message[:1].isupper() and not message[1:2].isupper():
+            message = message[0].lower() + message[1:]
+    if err.ctx is not None:
+        where = err.ctx.command_path
+    else:
+        # click raises some parse errors without a context; name the
+        # subcommand from the arguments so the user gets the right --help.
+        where = "mirrortrace"
+        for arg in args:
+            if arg == "--" or not arg.startswith("-"):
+                if arg in _COMMANDS:
+                    where += f" {arg}"
+                break
+    return f"{message} (see {where} --help)"
+
+
+_COMMANDS = ("run", "config", "syscalls", "doctor", "demo")
+
+
+def _pass_through(param: Any) -> None:
+    """Let typer hand over this parameter's value as click parsed it.
+
+    typer 0.2x coerces every value through a pydantic TypeAdapter, and the
+    first one imports pydantic: about 70 ms on every `mirrortrace run`, a
+    third of the startup budget. Our values are strings (lists of strings,
+    bools) that supervisor.options checks itself, so a pass-through is all
+    they need. A typer without this hook is left alone.
+    """
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None or getattr(param, "_runtime_param", None) is not None:
+        return
+    try:
+        from typer._coercion import RuntimeParam
+    except ImportError:
+        return
+
+    class _PassThrough(RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value
+
+    param._runtime_param = _PassThrough(
+        parameter_info=descriptor.parameter_info, annotation=descriptor.annotation
+    )
+
+
+class _PlainParams:
+    """Mixin: every parameter (the lazily made --help too) skips typer's coercion."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            _pass_through(param)
+        return params
+
+
+def _invoke(main: Any, args: Any, prog_name: str, complete_var: Any, extra: Any) -> int:
+    no_args_is_help = getattr(click_errors, "NoArgsIsHelpError", None)
+    try:
+        result = main(
+            args=args,
+            prog_name=prog_name,
+            complete_var=complete_var,
+            standalone_mode=False,
+            **extra,
+        )
+    except MirrortraceError as err:
+        _say(str(err))
+        return 2
+    except click_errors.UsageError as err:
+        if no_args_is_help is not None and isinstance(err, no_args_is_help):
+            assert err.ctx is not None
+            print(err.ctx.get_help())
+            return 2
+        _say(_usage_line(err, list(sys.argv[1:] if args is None else args)))
+        return 2
+    except click_errors.ClickException as err:
+        _say(" ".join(err.format_message().split()))
+        return err.exit_code
+    except typer.Abort:
+        print(file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+class _Group(_PlainParams, TyperGroup):
+    """Runs click without its standalone error printing, to keep errors to one line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code = _invoke(super().main, args, prog_name or "mirrortrace", complete_var, extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+class _Command(_PlainParams, TyperCommand):
+    pass
+
+
+class _RunCommand(_Command):
+    """A command ending in ``-- COMMAND [ARGS]...``, shown as such in its usage line."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.options_metavar or "[OPTIONS]", "[--] COMMAND [ARGS]..."]
+
+
+class _DemoCommand(_Command):
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.options_metavar or "[OPTIONS]", "[-- COMMAND [ARGS]...]"]
+
+
+app = typer.Typer(
+    name="mirrortrace",
+    cls=_Group,
+    help="Run a program as if it ran inside a Kubernetes pod, under a ptrace supervisor.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(
+    name="config",
+    cls=_Group,
+    help="Check config files.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(config_app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"mirrortrace {version('mirrortrace')}")
+        except PackageNotFoundError:
+            print("mirrortrace (not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Run a program as if it ran inside a Kubernetes pod, under a ptrace supervisor."""
+
+
+_AGENT = "Agent"
+_TRAFFIC = "Traffic and files"
+_OUTPUT = "Output"
+
+Str = str | None
+Strs = list[str] | None
+
+
+@app.command(cls=_RunCommand, context_settings={"allow_interspersed_args": False})
+def run(
+    command: Annotated[
+        Strs,
+        typer.Argument(
+            metavar="COMMAND",
+            show_default=False,
+            hidden=True,  # the usage line says it; typer would add "<list[str]>"
+        ),
+    ] = None,
+    agent_exec: Annotated[
+        Str,
+        typer.Option(
+            "--agent-exec",
+            metavar="CMD",
+            help="Start CMD; its stdin/stdout are the agent channel (env: MIRRORTRACE_AGENT_EXEC).",
+        ),
+    ] = None,
+    target: Annotated[
+        Str,
+        typer.Option(
+            "-t", "--target", help="pod/NAME, deployment/NAME, ... or targetless.", metavar="TARGET"
+        ),
+    ] = None,
+    namespace: Annotated[
+        Str, typer.Option("-n", "--namespace", metavar="NS", help="The target's namespace.")
+    ] = None,
+    context: Annotated[
+        Str, typer.Option("--context", metavar="CTX", help="The kubeconfig context to use.")
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
+    ] = None,
+    dns: Annotated[
+        bool | None,
+        typer.Option("--dns/--no-dns", help="Resolve names as in the pod.  [default: dns]"),
+    ] = None,
+    outgoing: Annotated[
+        Str,
+        typer.Option(
+            metavar="MODE", help="remote|local: where connects leave from.  [default: remote]"
+        ),
+    ] = None,
+    local_cidr: Annotated[
+        Strs, typer.Option("--local-cidr", metavar="CIDR", help="Keep these destinations local.")
+    ] = None,
+    fs: Annotated[
+        Str,
+        typer.Option(
+            metavar="MODE", help="local|read|write: the pod's file system.  [default: read]"
+        ),
+    ] = None,
+    fs_remote: Annotated[
+        Strs, typer.Option("--fs-remote", metavar="GLOB", help="Paths always read from the pod.")
+    ] = None,
+    fs_local: Annotated[
+        Strs, typer.Option("--fs-local", metavar="GLOB", help="Paths always kept local.")
+    ] = None,
+    env: Annotated[
+        Str,
+        typer.Option(metavar="MODE", help="remote|local|merge: the environment.  [default: merge]"),
+    ] = None,
+    env_exclude: Annotated[
+        Strs,
+        typer.Option("--env-exclude", metavar="GLOB", help="Variables not taken from the pod."),
+    ] = None,
+    incoming: Annotated[
+        Str,
+        typer.Option(
+            metavar="MODE", help="off|mirror|steal: traffic to the pod's ports.  [default: off]"
+        ),
+    ] = None,
+    http_header_filter: Annotated[
+        Str,
+        typer.Option(
+            "--http-header-filter",
+            metavar="'NAME: REGEX'",
+            help="Take only HTTP requests with a matching header.",
+        ),
+    ] = None,
+    http_path_filter: Annotated[
+        Str,
+        typer.Option(
+            "--http-path-filter",
+            metavar="REGEX",
+            help="Take only HTTP requests with a matching path.",
+        ),
+    ] = None,
+    port_map: Annotated[
+        Strs,
+        typer.Option(
+            "--port-map",
+            metavar="LOCAL:REMOTE",
+            help="COMMAND's port LOCAL stands for the pod's REMOTE.",
+        ),
+    ] = None,
+    ui: Annotated[
+        Str,
+        typer.Option(
+            metavar="MODE", help="live|plain|json|none.  [default: live on a terminal, else none]"
+        ),
+    ] = None,
+    events: Annotated[
+        Path | None, typer.Option("--events", metavar="FILE", help="Write events as JSON lines.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("-f", "--config", metavar="FILE", help="Config file (default: found)."),
+    ] = None,
+) -> None:
+    """Run COMMAND with its DNS, connects and files satisfied by the agent."""
+    options = build_options(
+        command or [],
+        {
+            "agent_exec": agent_exec,
+            "target": target,
+            "namespace": namespace,
+            "context": context,
+            "kubeconfig": _path(kubeconfig),
+            "dns": dns,
+            "outgoing": outgoing,
+            "local_cidr": local_cidr,
+            "fs": fs,
+            "fs_remote": fs_remote,
+            "fs_local": fs_local,
+            "env": env,
+            "env_exclude": env_exclude,
+            "incoming": incoming,
+            "http_header_filter": http_header_filter,
+            "http_path_filter": http_path_filter,
+            "port_map": port_map,
+            "ui": ui,
+            "events": _path(events),
+        },
+        _path(config),
+    )
+    if options.agent_source == "target":
+        raise UsageError(
+            "Kubernetes targets are not supported in this build",
+            "use --agent-exec, e.g. --agent-exec 'kubectl exec -i POD -- mirrortrace-agent'",
+        )
+    if options.agent_source == "local":
+        from supervisor.events import notice_text
+
+        name = os.path.basename(options.command[0])
+        print(notice_text(options.ui, LOCAL_AGENT_NOTICE.format(name=name)), file=sys.stderr)
+    try:
+        from supervisor.runner import run as run_supervised  # type: ignore[import-not-found]
+    except ModuleNotFoundError as err:
+        if err.name != "supervisor.runner":
+            raise
+        raise MirrortraceError(
+            "the ptrace engine is not part of this build (supervisor/runner.py is missing)",
+            "install mirrortrace from a complete checkout",
+        ) from err
+    raise typer.Exit(run_supervised(options))
+
+
+def _path(value: Any) -> Path | None:
+    # A str when typer's coercion is bypassed (see _plain_coercion).
+    return None if value is None else Path(value)
+
+
+def build_options(command: list[str], cli: dict[str, Any], config: Path | None) -> Any:
+    """Merge the command line over the config file into validated RunOptions.
+
+    Nothing is started here: a bad value anywhere is a UsageError or a
+    ConfigError before COMMAND or the agent runs.
+    """
+    from supervisor import options as opt
+    from supervisor.config import load_config, resolve_config
+
+    if not command:
+        raise UsageError("missing COMMAND", "usage: mirrortrace run [OPTIONS] -- COMMAND [ARGS...]")
+    parse_list = {
+        "local_cidr": ("local_cidrs", opt.parse_cidr),
+        "port_map": ("port_map", opt.parse_port_map),
+        "fs_remote": ("fs_remote", None),
+        "fs_local": ("fs_local", None),
+        "env_exclude": ("env_exclude", None),
+    }
+    choices = {
+        "outgoing": opt.OUTGOING_MODES,
+        "fs": opt.FS_MODES,
+        "env": opt.ENV_MODES,
+        "incoming": opt.INCOMING_MODES,
+        "ui": opt.UI_MODES,
+    }
+    given: dict[str, Any] = {}
+    for key, value in cli.items():
+        # None means "not on the command line"; an empty list from typer too.
+        if value is None or value == []:
+            continue
+        if key in parse_list:
+            field, parse = parse_list[key]
+            given[field] = [parse(v) for v in value] if parse else list(value)
+        elif key in choices:
+            given[key] = opt.check_choice(f"--{key}", value, choices[key])
+        elif key == "agent_exec":
+            given[key] = opt.check_agent_exec(value)
+        elif key == "target":
+            given[key] = opt.check_target(value)
+        elif key == "http_header_filter":
+            opt.parse_header_filter(value)
+            given[key] = value
+        elif key == "http_path_filter":
+            given[key] = opt.check_regex("--http-path-filter", value)
+        elif key == "events":
+            given["events_file"] = value
+        else:
+            given[key] = value
+
+    config_path = resolve_config(config)
+    from_file = load_config(config_path) if config_path is not None else {}
+    values = {**from_file, **given}
+
+    # Where the agent comes from: the first rule that applies (CONTRACT.md).
+    env_exec = os.environ.get("MIRRORTRACE_AGENT_EXEC", "").strip()
+    if "agent_exec" in given and "target" in given:
+        raise UsageError("give --agent-exec or --target, not both")
+    if "agent_exec" in given:
+        source = "agent-exec"
+    elif env_exec:
+        source = "env"
+        try:
+            values["agent_exec"] = opt.check_agent_exec(env_exec)
+        except UsageError as err:
+            raise UsageError(
+                err.message.replace("--agent-exec", "MIRRORTRACE_AGENT_EXEC"), err.hint
+            ) from None
+    elif "target" in given:
+        source = "target"
+    elif "agent_exec" in from_file:
+        source = "config"
+    elif "target" in from_file:
+        source = "target"
+    else:
+        source = "local"
+        values["agent_exec"] = shlex.join([sys.executable, "-m", "agent_image"])
+    if source == "target":
+        values["agent_exec"] = None
+    else:
+        values["target"] = None
+    if values.get("ui") is None:
+        values["ui"] = "live" if sys.stderr.isatty() else "none"
+
+    options = opt.build_run_options(command, values, agent_source=source, config_path=config_path)
+    _check_command(command[0])
+    return options
+
+
+def _check_command(program: str) -> None:
+    """Fail before starting anything if COMMAND cannot be executed."""
+    import shutil
+
+    if "/" in program:
+        if not os.path.exists(program):
+            raise CommandNotFoundError(f"{program}: no such file")
+        if os.path.isdir(program) or not os.access(program, os.X_OK):
+            raise CommandNotFoundError(
+                f"{program}: not an executable file", f"make it executable: chmod +x {program}"
+            )
+    elif shutil.which(program) is None:
+        raise CommandNotFoundError(f"{program}: command not found")
+
+
+@config_app.command("check", cls=_Command)
+def config_check(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The TOML file to check.")],
+) -> None:
+    """Check a config file; print what it sets, or the first error and its line."""
+    from supervisor.config import check_config, describe, resolve_config
+
+    path = resolve_config(Path(file))
+    assert path is not None
+    values = check_config(path)
+    print(f"{file}: ok")
+    for line in describe(values):
+        print(f"  {line}")
+
+
+@app.command(cls=_Command)
+def syscalls() -> None:
+    """Print the table of trapped syscalls: name, support level, note."""
+    try:
+        from syscalls.table import TABLE
+    except ModuleNotFoundError as err:
+        if err.name not in ("syscalls", "syscalls.table"):
+            raise
+        raise MirrortraceError(
+            "the syscall table is not part of this build (syscalls/table.py is missing)",
+            "install mirrortrace from a complete checkout",
+        ) from err
+    width = max((len(name) for name in TABLE), default=0)
+    for name in sorted(TABLE):
+        entry = TABLE[name]
+        support = getattr(entry.support, "value", entry.support)
+        note = entry.note or ""
+        print(f"{name:<{width}}  {support!s:<8}  {note}".rstrip())
+
+
+@app.command(cls=_Command)
+def doctor() -> None:
+    """Check that this machine can run mirrortrace, and say how to fix what is missing."""
+    from supervisor.doctor import run_checks
+
+    raise typer.Exit(run_checks())
+
+
+@app.command(cls=_DemoCommand, context_settings={"allow_interspersed_args": False})
+def demo(
+    command: Annotated[
+        Strs, typer.Argument(metavar="COMMAND", show_default=False, hidden=True)
+    ] = None,
+) -> None:
+    """Make a throwaway pod in new namespaces and fetch http://web/ from it under mirrortrace.
+
+    With COMMAND, run that instead of the default client (for example
+    `mirrortrace demo -- getent hosts web`).
+    """
+    from supervisor.demo import run_demo
+
+    raise typer.Exit(run_demo(command or None))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: ``mirrortrace``."""
+    command = typer.main.get_command(app)
+    sys.exit(command.main(args=argv, prog_name="mirrortrace", standalone_mode=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Everything `mirrortrace run` accepts, validated, in one value.
+
+The CLI and the config loader turn text into typed values with the ``parse_*``
+and ``check_*`` helpers below (each raises :class:`UsageError` with a sentence
+the user can act on); :func:`build_run_options` merges the result into a
+:class:`RunOptions` and checks the rules that span several options. Nothing
+here starts a process or touches the network, so it is safe to run before
+anything else: a bad value stops mirrortrace before COMMAND is started.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import UsageError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+AGENT_SOURCES = ("agent-exec", "env", "config", "target", "local")
+OUTGOING_MODES = ("remote", "local")
+FS_MODES = ("local", "read", "write")
+ENV_MODES = ("remote", "local", "merge")
+INCOMING_MODES = ("off", "mirror", "steal")
+UI_MODES = ("live", "plain", "json", "none")
+TARGET_KINDS = ("pod", "deployment", "statefulset", "daemonset", "job")
+
+# An HTTP header name is an RFC 9110 token.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# A Kubernetes object name: DNS-1123 subdomain (pods) or label (containers).
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+@dataclass
+class RunOptions:
+    """What one `mirrortrace run` was asked to do.
+
+    ``agent_source`` says which rule chose the agent: ``agent-exec`` (the
+    flag), ``env`` (MIRRORTRACE_AGENT_EXEC), ``target`` (a Kubernetes target,
+    from the flag or the config file), ``config`` (``agent-exec`` in the
+    config file) or ``local``. For every source but ``target``,
+    ``agent_exec`` holds the command to start; for ``local`` it is this
+    Python running ``-m agent_image``.
+    """
+
+    command: list[str]
+    agent_exec: str | None = None
+    agent_source: str = "local"
+    config_path: Path | None = None
+    target: str | None = None
+    namespace: str | None = None
+    context: str | None = None
+    kubeconfig: Path | None = None
+    dns: bool = True
+    outgoing: str = "remote"
+    local_cidrs: list[IPNetwork] = field(default_factory=list)
+    fs: str = "read"
+    fs_remote: list[str] = field(default_factory=list)
+    fs_local: list[str] = field(default_factory=list)
+    env: str = "merge"
+    env_exclude: list[str] = field(default_factory=list)
+    incoming: str = "off"
+    http_header_filter: str | None = None
+    http_path_filter: str | None = None
+    port_map: list[tuple[int, int]] = field(default_factory=list)
+    ui: str = "none"
+    events_file: Path | None = None
+
+    @property
+    def agent_argv(self) -> list[str]:
+        """The agent command split like a shell would (empty for a target)."""
+        return shlex.split(self.agent_exec) if self.agent_exec else []
+
+    def validate(self) -> RunOptions:
+        """Check every field and the rules between them; return self."""
+        if not self.command:
+            raise UsageError(
+                "missing COMMAND",
+                "usage: mirrortrace run [OPTIONS] -- COMMAND [ARGS...]",
+            )
+        check_choice("agent source", self.agent_source, AGENT_SOURCES)
+        check_choice("--outgoing", self.outgoing, OUTGOING_MODES)
+        check_choice("--fs", self.fs, FS_MODES)
+        check_choice("--env", self.env, ENV_MODES)
+        check_choice("--incoming", self.incoming, INCOMING_MODES)
+        check_choice("--ui", self.ui, UI_MODES)
+        if self.agent_source == "target":
+            if not self.target:
+                raise UsageError("agent source is a target but no target is set")
+            check_target(self.target)
+        elif self.agent_exec is None:
+            raise UsageError(f"agent source {self.agent_source} needs an agent command")
+        else:
+            check_agent_exec(self.agent_exec)
+        if self.http_header_filter is not None:
+            parse_header_filter(self.http_header_filter)
+        if self.http_path_filter is not None:
+            check_regex("--http-path-filter", self.http_path_filter)
+        filters = self.http_header_filter is not None or self.http_path_filter is not None
+        if filters and self.incoming == "off":
+            raise UsageError(
+                "an HTTP filter only applies to incoming traffic, and --incoming is off",
+                "add --incoming steal (or mirror)",
+            )
+        for glob in (*self.fs_remote, *self.fs_local, *self.env_exclude):
+            if not glob:
+                raise UsageError("an empty pattern in --fs-remote, --fs-local or --env-exclude")
+        if self.events_file is not None:
+            check_events_file(self.events_file)
+        return self
+
+
+def build_run_options(
+    command: list[str],
+    values: Mapping[str, Any],
+    *,
+    agent_source: str,
+    config_path: Path | None = None,
+) -> RunOptions:
+    """Make validated RunOptions from already-parsed values.
+
+    ``values`` is keyed by RunOptions field names; keys that are absent or
+    None keep the defaults. Unknown keys are a bug in the caller.
+    """
+    known = {f.name for f in fields(RunOptions)}
+    unknown = set(values) - known
+    if unknown:
+        raise TypeError(f"unknown RunOptions fields: {sorted(unknown)}")
+    given = {k: v for k, v in values.items() if v is not None}
+    options = RunOptions(
+        command=list(command), agent_source=agent_source, config_path=config_path, **given
+    )
+    return options.validate()
+
+
+def check_choice(option: str, value: str, choices: Iterable[str]) -> str:
+    """Return value if it is one of choices, else raise UsageError naming them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise UsageError(
+            f"{option} must be one of {', '.join(choices)}, not {value!r}",
+            f"for example: {option} {choices[0]}" if option.startswith("--") else None,
+        )
+    return value
+
+
+def parse_bool(option: str, value: str | bool) -> bool:
+    """Accept a bool, or yes/no/true/false/on/off/1/0 text."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{option} must be true or false, not {value!r}")
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """Parse ``10.0.0.0/8``, ``fd00::/8`` or a bare address (a /32 or /128)."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as err:
+        hint = "write an address or a network, like 10.0.0.0/8 or 192.168.1.5"
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise UsageError(f"--local-cidr: {text!r} is not a network ({err})", hint) from None
+        raise UsageError(
+            f"--local-cidr: {text!r} has host bits set", f"did you mean {loose}?"
+        ) from None
+
+
+def parse_port_map(text: str) -> tuple[int, int]:
+    """Parse ``LOCAL:REMOTE`` into two ports in 1..65535."""
+    hint = "write LOCAL:REMOTE, for example --port-map 8080:80"
+    local, sep, remote = text.strip().partition(":")
+    if not sep:
+        raise UsageError(f"--port-map: {text!r} is not LOCAL:REMOTE", hint)
+    ports = []
+    for part in (local, remote):
+        part = part.strip()
+        if not part.isdigit():
+            raise UsageError(f"--port-map: {part!r} in {text!r} is not a port number", hint)
+        port = int(part)
+        if not 1 <= port <= 65535:
+            raise UsageError(f"--port-map: port {port} in {text!r} is not in 1-65535", hint)
+        ports.append(port)
+    return ports[0], ports[1]
+
+
+def check_regex(option: str, pattern: str) -> str:
+    """Return pattern if it compiles as a Python regular expression."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise UsageError(
+            f"{option}: {pattern!r} is not a valid regular expression ({err})",
+            "escape special characters such as ( [ { with a backslash",
+        ) from None
+    return pattern
+
+
+def parse_header_filter(text: str) -> tuple[str, re.Pattern[str]]:
+    """Parse ``Name: regex`` into the header name and the compiled regex."""
+    name, sep, pattern = text.partition(":")
+    name, pattern = name.strip(), pattern.strip()
+    hint = "write 'Name: regex', for example --http-header-filter 'x-user: alice'"
+    if not sep or not name:
+        raise UsageError(f"--http-header-filter: {text!r} is not 'Name: regex'", hint)
+    if not _HEADER_NAME.match(name):
+        raise UsageError(f"--http-header-filter: {name!r} is not an HTTP header name", hint)
+    check_regex("--http-header-filter", pattern)
+    return name, re.compile(pattern)
+
+
+def check_target(text: str) -> str:
+    """Check a target: KIND/NAME[/container/CNAME] or ``targetless``."""
+    if text == "targetless":
+        return text
+    hint = (
+        "write KIND/NAME or KIND/NAME/container/CNAME with KIND one of "
+        f"{', '.join(TARGET_KINDS)}, or targetless"
+    )
+    parts = text.split("/")
+    if len(parts) not in (2, 4) or parts[0] not in TARGET_KINDS:
+        raise UsageError(f"--target: {text!r} is not a target", hint)
+    if len(parts) == 4 and parts[2] != "container":
+        raise UsageError(f"--target: {text!r} is not a target", hint)
+    for name in parts[1::2]:
+        if not _K8S_NAME.match(name) or len(name) > 253:
+            raise UsageError(f"--target: {name!r} in {text!r} is not a Kubernetes name", hint)
+    return text
+
+
+def check_agent_exec(text: str) -> str:
+    """Check that an agent command splits into at least one word."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as err:
+        raise UsageError(
+            f"--agent-exec: cannot split {text!r} like a shell would ({err})",
+            "check the quotes in the agent command",
+        ) from None
+    if not argv:
+        raise UsageError(
+            "--agent-exec is empty",
+            "give a command such as 'kubectl exec -i POD -- mirrortrace-agent'",
+        )
+    return text
+
+
+def check_events_file(path: Path) -> Path:
+    """Check that the --events file can be created (its folder exists)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"--events: {path} is a directory", "give a file name")
+    if not parent.is_dir():
+        raise UsageError(
+            f"--events: folder {parent} does not exist", "create it or give another path"
+        )
+    return path
