@@ -1,0 +1,1 @@
+"""The mirrortrace supervisor: CLI, ptrace engine, session, relays and transports."""

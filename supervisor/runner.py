@@ -1,0 +1,209 @@
+"""`mirrortrace run`: put the pieces together in the one order that loses nothing.
+
+1. Resolve COMMAND and build the seccomp filter (bad input fails here, exit 2,
+   before anything starts).
+2. Fork COMMAND's process while we are still single-threaded; it waits on a
+   pipe. Seize it (PTRACE_O_EXITKILL: if we die, it dies).
+3. Start the agent and shake hands. If that fails COMMAND is told to quit
+   without ever having run, and the error is one line, exit 2.
+4. Say go: the child installs the filter and execs COMMAND; an exec failure
+   comes back over a close-on-exec pipe.
+5. Trace until every tracee is gone; return COMMAND's status (128+N for a
+   signal), like a shell would.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import sys
+from typing import Any
+
+from supervisor import kernel as k
+from supervisor.errors import CommandNotFoundError, MirrortraceError
+from supervisor.events import make_bus
+from supervisor.options import RunOptions
+from supervisor.seccomp import TrapRule, build_filter, install_filter
+from supervisor.session import Session
+from supervisor.tracer import Tracer, kill_all
+from syscalls.table import TABLE
+
+SEIZE_OPTIONS = (
+    k.PTRACE_O_EXITKILL
+    | k.PTRACE_O_TRACESECCOMP
+    | k.PTRACE_O_TRACECLONE
+    | k.PTRACE_O_TRACEFORK
+    | k.PTRACE_O_TRACEVFORK
+    | k.PTRACE_O_TRACEEXEC
+    | k.PTRACE_O_TRACESYSGOOD
+)
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+_IGNORED = (signal.SIGINT, signal.SIGQUIT)  # the terminal sends them to COMMAND too
+
+
+def build_program() -> tuple[bytes, dict[int, Any]]:
+    """The seccomp filter and the nr -> handler map, both from syscalls.table."""
+    rules: dict[int, TrapRule] = {}
+    handlers: dict[int, Any] = {}
+    for name, entry in TABLE.items():
+        nr = k.SYSCALL_NUMBERS[name]
+        if entry.refuse is not None:
+            rules[nr] = TrapRule("errno", errno=entry.refuse)
+        else:
+            rules[nr] = TrapRule("trace", only_if_arg_nonzero=entry.only_if_arg)
+            handlers[nr] = entry.handler
+    return build_filter(rules), handlers
+
+
+def resolve_command(argv: list[str], env: dict[str, str]) -> str:
+    name = argv[0]
+    if "/" in name:
+        if not os.path.exists(name):
+            raise CommandNotFoundError(f"{name}: no such file", "check the path of COMMAND")
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise CommandNotFoundError(f"{name}: command not found", "check COMMAND and your PATH")
+    return found
+
+
+class Child:
+    """COMMAND's process before it runs: forked, seized, waiting for go."""
+
+    def __init__(self, program: str, argv: list[str], env: dict[str, str], bpf: bytes) -> None:
+        go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
+        self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            _child(go_r, err_w, program, argv, env, bpf)
+        os.close(go_r)
+        os.close(err_w)
+        self.pid = pid
+        try:
+            k.seize(pid, SEIZE_OPTIONS)
+        except OSError as exc:
+            self.abort()
+            raise MirrortraceError(
+                f"cannot trace COMMAND: ptrace failed ({exc.strerror})",
+                "check /proc/sys/kernel/yama/ptrace_scope and that no other tracer "
+                "(a debugger, strace) holds this process",
+            ) from None
+
+    def go(self) -> None:
+        os.write(self._go_w, b"g")
+        os.close(self._go_w)
+
+    def exec_error(self) -> int | None:
+        """Block until COMMAND has exec'd (None) or failed to (its errno)."""
+        data = os.read(self._err_r, 16)
+        os.close(self._err_r)
+        return int(data) if data else None
+
+    def abort(self) -> None:
+        """COMMAND must never run: close the pipe and reap the child."""
+        os.close(self._go_w)
+        os.close(self._err_r)
+        try:
+            os.waitpid(self.pid, k.WALL)
+        except ChildProcessError:
+            pass
+
+
+def _child(go_r: int, err_w: int, program: str, argv: list[str], env: dict[str, str],
+           bpf: bytes) -> None:  # pragma: no cover - runs in the child
+    try:
+        if os.read(go_r, 1) != b"g":
+            os._exit(0)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        install_filter(bpf)
+        os.execve(program, argv, env)
+    except OSError as exc:
+        os.write(err_w, str(exc.errno or errno.ENOEXEC).encode())
+    finally:
+        os._exit(127)
+
+
+def exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def run(options: RunOptions) -> int:
+    """Run COMMAND under the supervisor; returns its exit code."""
+    env = dict(os.environ)
+    program = resolve_command(options.command, env)
+    bpf, handlers = build_program()
+    bus = make_bus(options.ui, options.events_file)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = Child(program, options.command, env, bpf)
+    session = Session(
+        options.agent_argv,
+        bus,
+        dns=options.dns,
+        outgoing=options.outgoing,
+        local_cidrs=options.local_cidrs,
+    )
+    tracer: Tracer | None = None
+    try:
+        try:
+            session.start()
+        except BaseException:
+            child.abort()
+            raise
+        tracer = Tracer(handlers, session, session.wake_fd, session.take_wakeups)
+        tracer.adopt_main(child.pid)
+        if session.agent is not None:
+            tracer.foreign[session.agent.pid] = lambda status: None
+        tracer.install_sigchld()
+        _take_signals(child.pid, tracer)
+        child.go()
+        err = child.exec_error()
+        if err is not None:
+            tracer.run()
+            raise CommandNotFoundError(
+                f"{options.command[0]}: cannot execute: {os.strerror(err)}",
+                "check that COMMAND is an executable for this machine",
+            )
+        return exit_code(tracer.run())
+    finally:
+        if tracer is not None:
+            kill_all(tracer)
+            tracer.close()
+        _restore_signals()
+        session.close()
+        bus.close()
+
+
+def _take_signals(pid: int, tracer: Tracer) -> None:
+    """Signals for us go to COMMAND; terminal signals reach it by themselves.
+
+    Ctrl-Z is special: we must let COMMAND stop first (its stop passes through
+    our tracer) and only then stop ourselves, or COMMAND would stop only when
+    we come back and the shell's `fg` would leave it stopped.
+    """
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+
+    def suspend(_signum: int, _frame: Any) -> None:
+        tracer.request_self_stop()
+
+    signal.signal(signal.SIGTSTP, suspend)
+
+
+def _restore_signals() -> None:
+    for sig in (*_IGNORED, *_FORWARDED, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_DFL)

@@ -1,0 +1,483 @@
+"""The network side of a run: the agent, the channel, the relays, in one asyncio thread.
+
+The tracer thread never blocks on the network. It asks the session for things
+(`open_tcp`, `prepare_udp`) and gets a concurrent Future back; the thread that
+made the syscall stays parked until the Future completes, and `waker(tid)` turns
+that completion into a wake-up the tracer's poll() sees.
+
+TCP: the agent connects in the pod first, so a failure is the pod's own errno.
+Only then does the tracer connect the program's socket to our loopback listener,
+using a duplicate of the socket (pidfd_getfd): it knows the socket's local
+address before the connect, registers it with `expect_tcp`, and the listener
+accepts exactly that peer and closes anything else, so no other local user can
+ride on the relay.
+
+UDP: one loopback socket per remote address stands for that remote; the
+program's datagrams to it go out from the pod through an agent UDP stream per
+program socket, and replies come back from the relay socket whose address the
+tracer rewrites to the remote's in recvfrom/recvmsg/getpeername.
+
+Resolver files: the pod's resolv.conf, hosts, hostname and a `hosts: files dns`
+nsswitch.conf are held in memfds and opened by the program as
+/proc/<supervisor>/fd/N, so nothing is written to disk and nothing outlives us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent_image import __version__
+from agent_image import protocol as p
+from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
+from supervisor.errors import AgentStartError
+from supervisor.events import Event, EventBus
+from supervisor.policy import NetworkPolicy, parse_resolv_conf
+from syscalls import dnswire
+
+HANDSHAKE_TIMEOUT = 60.0
+RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
+Addr = tuple[str, int]
+
+
+@dataclass
+class UdpSource:
+    """A program socket that sends diverted datagrams, as the relays see it."""
+
+    bridge: DatagramBridge
+    pid: int
+    comm: str
+    family: int
+
+
+class UdpRelay(asyncio.DatagramProtocol):
+    """A loopback socket standing for one remote address."""
+
+    def __init__(self, session: Session, remote: Addr, family: int) -> None:
+        self.session = session
+        self.remote = remote
+        self.family = family
+        self.transport: asyncio.DatagramTransport | None = None
+        self.addr: Addr = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, src: Any) -> None:
+        source = self.session.udp_sources.get((src[0], src[1]))
+        if source is None:
+            return  # not one of the traced program's sockets
+        if self.remote[1] == 53:
+            self.session.dns_query_seen(source, self.remote, data)
+        source.bridge.channel.send(
+            p.FrameType.DATAGRAM, source.bridge.sid, p.pack_addr(*self.remote) + data
+        )
+
+
+class Session:
+    """One agent session and everything that relays through it."""
+
+    def __init__(self, agent_argv: list[str], bus: EventBus, *, dns: bool, outgoing: str,
+                 local_cidrs: list[Any]) -> None:
+        self.agent_argv = agent_argv
+        self.bus = bus
+        self.dns = dns
+        self.policy = NetworkPolicy(
+            outgoing=outgoing, dns=dns, local_cidrs=list(local_cidrs), nameservers=[]
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run_loop, name="mirrortrace-session",
+                                       daemon=True)
+        self.channel: Channel | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.agent_hello: p.Hello | None = None
+        self.lost: str | None = None
+        self.nodename: str | None = None
+        self.pod_files: dict[bytes, bytes] = {}  # pod path -> path the program opens instead
+        self._memfds: list[int] = []
+        self._stderr_tail: deque[str] = deque(maxlen=5)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._woken: deque[tuple[int, concurrent.futures.Future[Any]]] = deque()
+        self.tcp_expected: dict[Addr, tuple[TcpBridge, Addr]] = {}
+        self.tcp_remote: dict[Addr, Addr] = {}  # program socket's local addr -> remote
+        self.tcp_listeners: dict[int, tuple[socket.socket, Addr]] = {}
+        self.tcp_inflight: dict[int, tuple[concurrent.futures.Future[Any], Addr]] = {}
+        self.udp_relays: dict[tuple[Addr, int], UdpRelay] = {}
+        self.udp_remote: dict[Addr, Addr] = {}  # relay addr -> remote
+        self.udp_sources: dict[Addr, UdpSource] = {}
+        self._dns_pending: dict[tuple[Addr, int], tuple[float, UdpSource, str]] = {}
+        self.started = time.time()
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self, timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        """Start the agent, shake hands, fetch the pod's view; or raise AgentStartError."""
+        self.thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(timeout), self.loop)
+        try:
+            fut.result()
+        except BaseException:
+            self.close()
+            raise
+
+    async def _start(self, timeout: float) -> None:
+        argv = self.agent_argv
+        try:
+            self.agent = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # Ctrl-C is for COMMAND, not for the agent
+            )
+        except OSError as exc:
+            raise AgentStartError(
+                f"cannot start the agent command {argv[0]!r}: {exc.strerror}",
+                "check --agent-exec (or MIRRORTRACE_AGENT_EXEC)",
+            ) from None
+        self.channel = Channel("supervisor", software=f"mirrortrace {__version__}")
+        await self.channel.open_pipes(self.agent.stdout, self.agent.stdin)
+        await self.loop.connect_read_pipe(lambda: _AgentLog(self), self.agent.stderr)
+        try:
+            self.agent_hello = await self.channel.handshake(timeout)
+        except ChannelClosed as exc:
+            await asyncio.sleep(0.05)  # let the last stderr lines arrive
+            status = self.agent.poll()
+            how = f" (exit status {status})" if status is not None else ""
+            tail = "; ".join(self._stderr_tail)
+            raise AgentStartError(
+                f"the agent ended before the handshake{how}: {tail or exc.reason}",
+                "check that the agent command starts `mirrortrace-agent` and that nothing "
+                "else writes to its stdout",
+            ) from None
+        self.channel.closed.add_done_callback(self._channel_closed)
+        await self._fetch_pod_view()
+        self._open_tcp_listeners()
+
+    def _channel_closed(self, fut: asyncio.Future[str | None]) -> None:
+        reason = fut.result()
+        if self.lost is None and not self._closing:
+            self.lost = reason or "the agent closed the channel"
+            self.bus.notice(
+                f"mirrortrace: lost the agent ({self.lost}); diverted connections now fail "
+                "with ECONNRESET/ECONNREFUSED"
+            )
+
+    _closing = False
+
+    def close(self) -> None:
+        """End the session: goodbye to the agent, close relays, stop the thread."""
+        self._closing = True
+        if self.thread.is_alive():
+            fut = asyncio.run_coroutine_threadsafe(self._close(), self.loop)
+            try:
+                fut.result(timeout=5)
+            except (concurrent.futures.TimeoutError, Exception):  # noqa: BLE001
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+        if self.agent is not None:
+            try:
+                self.agent.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+            except ChildProcessError:
+                pass  # reaped by the tracer's waitpid(-1)
+        for fd in self._memfds:
+            os.close(fd)
+        self._memfds.clear()
+        for sock, _ in self.tcp_listeners.values():
+            sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    async def _close(self) -> None:
+        if self.channel is not None:
+            self.channel.goodbye()
+        for relay in self.udp_relays.values():
+            if relay.transport is not None:
+                relay.transport.close()
+        for sock, _ in self.tcp_listeners.values():
+            self.loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
+
+    # --- wake-ups for the tracer --------------------------------------------------------
+
+    @property
+    def wake_fd(self) -> int:
+        return self._wake_r
+
+    def waker(self, tid: int) -> Callable[[concurrent.futures.Future[Any]], None]:
+        def wake(fut: concurrent.futures.Future[Any]) -> None:
+            self._woken.append((tid, fut))
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass
+
+        return wake
+
+    def take_wakeups(self) -> list[tuple[int, concurrent.futures.Future[Any]]]:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        out = []
+        while self._woken:
+            out.append(self._woken.popleft())
+        return out
+
+    # --- events -------------------------------------------------------------------------
+
+    def emit(self, call: Any, kind: str, target: str, via: str, result: int | str, *,
+             detail: dict[str, Any] | None = None) -> None:
+        if isinstance(result, int):
+            result = "0" if result >= 0 else "-" + p.errno_name(-result)
+        latency = int((time.monotonic() - call.started) * 1e6)
+        self.bus.emit(Event(time.time(), call.tgid, call.comm, call.name, kind, target, via,
+                            result, latency, detail))
+
+    # --- the pod's view: resolver files and hostname ------------------------------------
+
+    async def _fetch_pod_view(self) -> None:
+        assert self.channel is not None
+        uname = await self.channel.request(p.Uname())
+        if isinstance(uname, p.UnameReply):
+            self.nodename = uname.nodename
+        if not self.dns:
+            return
+        for path in RESOLVER_FILES:
+            reply = await self.channel.request(p.ReadFile(path=path))
+            if isinstance(reply, p.FileData):
+                self._serve_file(path, reply.blob)
+                if path == "/etc/resolv.conf":
+                    conf = parse_resolv_conf(reply.blob.decode(errors="replace"))
+                    self.policy.nameservers = list(conf.nameservers)
+        if self.nodename:
+            if b"/etc/hostname" not in self.pod_files:
+                self._serve_file("/etc/hostname", f"{self.nodename}\n".encode())
+            self._serve_file("/proc/sys/kernel/hostname", f"{self.nodename}\n".encode())
+        self._serve_file("/etc/nsswitch.conf", _nsswitch_with_files_dns())
+
+    def _serve_file(self, path: str, data: bytes) -> None:
+        fd = os.memfd_create("mirrortrace" + path.replace("/", "-"), os.MFD_CLOEXEC)
+        os.write(fd, data)
+        self._memfds.append(fd)
+        self.pod_files[path.encode()] = f"/proc/{os.getpid()}/fd/{fd}".encode()
+
+    # --- TCP ----------------------------------------------------------------------------
+
+    def _open_tcp_listeners(self) -> None:
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, 0))
+            except OSError:
+                continue  # no IPv6 loopback here: v6 sockets use the v4-mapped listener
+            sock.listen(4096)
+            sock.setblocking(False)
+            self.tcp_listeners[family] = (sock, sock.getsockname()[:2])
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def relay_address(self, family: int, v6only: bool) -> tuple[int, Addr] | None:
+        """Where a program socket of `family` should connect to reach our listener."""
+        if family in self.tcp_listeners:
+            return family, self.tcp_listeners[family][1]
+        if family == socket.AF_INET6 and not v6only and socket.AF_INET in self.tcp_listeners:
+            host, port = self.tcp_listeners[socket.AF_INET][1]
+            return socket.AF_INET6, ("::ffff:" + host, port)
+        return None
+
+    def is_tcp_relay(self, addr: Addr) -> bool:
+        return any(listen_addr == addr for _, listen_addr in self.tcp_listeners.values())
+
+    def open_tcp(self, host: str, port: int) -> concurrent.futures.Future[Any]:
+        """Connect from the pod; resolves to a TcpBridge, or an ErrorReply."""
+        return asyncio.run_coroutine_threadsafe(self._open_tcp(host, port), self.loop)
+
+    async def _open_tcp(self, host: str, port: int) -> TcpBridge | p.ErrorReply:
+        if self.channel is None or not self.channel.is_open:
+            return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
+        bridge = TcpBridge(self.channel)
+        try:
+            reply = await self.channel.request(p.Connect(host=host, port=port), endpoint=bridge)
+        except ChannelClosed:
+            return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
+        if isinstance(reply, p.ErrorReply):
+            return reply
+        return bridge
+
+    def expect_tcp(self, peer: Addr, bridge: TcpBridge, remote: Addr) -> None:
+        """The program socket with local address `peer` is about to connect to us."""
+        self.tcp_expected[peer] = (bridge, remote)
+
+    def abandon_tcp(self, bridge: TcpBridge) -> None:
+        self.loop.call_soon_threadsafe(bridge.close)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            key = (_unmap(peer[0]), peer[1])
+            expected = self.tcp_expected.pop(key, None)
+            if expected is None:
+                conn.close()  # not a socket of the traced program
+                continue
+            bridge, remote = expected
+            self.tcp_remote[key] = remote
+            conn.setblocking(False)
+
+            def forget(key: Addr = key) -> None:
+                self.tcp_remote.pop(key, None)
+
+            bridge._on_done = forget
+            self.loop.create_task(self.loop.connect_accepted_socket(lambda b=bridge: b, conn))
+
+    # --- UDP ----------------------------------------------------------------------------
+
+    def udp_ready(self, src: Addr, remote: Addr, family: int) -> Addr | None:
+        """The relay address for remote if everything is in place already (fast path)."""
+        relay = self.udp_relays.get((remote, family))
+        if relay is not None and src in self.udp_sources:
+            return relay.addr
+        return None
+
+    def prepare_udp(self, src: Addr, remote: Addr, family: int, pid: int, comm: str
+                    ) -> concurrent.futures.Future[Any]:
+        """Make sure datagrams from src to remote's relay go out from the pod.
+
+        Resolves to the relay address (host, port) or an ErrorReply.
+        """
+        return asyncio.run_coroutine_threadsafe(
+            self._prepare_udp(src, remote, family, pid, comm), self.loop
+        )
+
+    async def _prepare_udp(self, src: Addr, remote: Addr, family: int, pid: int, comm: str
+                           ) -> Addr | p.ErrorReply:
+        if self.channel is None or not self.channel.is_open:
+            return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
+        relay = self.udp_relays.get((remote, family))
+        if relay is None:
+            relay = UdpRelay(self, remote, family)
+            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            relay.addr = sock.getsockname()[:2]
+            await self.loop.create_datagram_endpoint(lambda: relay, sock=sock)
+            self.udp_relays[(remote, family)] = relay
+            self.udp_remote[relay.addr] = remote
+        if src not in self.udp_sources:
+            rfam = 6 if ":" in remote[0] else 4
+            bridge = DatagramBridge(
+                self.channel, lambda h, pt, d, s=src: self._udp_reply(s, h, pt, d)
+            )
+            try:
+                reply = await self.channel.request(p.UdpOpen(family=rfam), endpoint=bridge)
+            except ChannelClosed:
+                return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
+            if isinstance(reply, p.ErrorReply):
+                return reply
+            self.udp_sources[src] = UdpSource(bridge, pid, comm, family)
+        return relay.addr
+
+    def _udp_reply(self, src: Addr, host: str, port: int, data: bytes) -> None:
+        source = self.udp_sources.get(src)
+        if source is None:
+            return
+        relay = self.udp_relays.get(((host, port), source.family))
+        if relay is None or relay.transport is None:
+            return  # a reply from an address the program never wrote to
+        if port == 53:
+            self.dns_reply_seen(src, (host, port), data)
+        relay.transport.sendto(data, src)
+
+    def forget_udp_source(self, src: Addr) -> None:
+        source = self.udp_sources.pop(src, None)
+        if source is not None:
+            self.loop.call_soon_threadsafe(self.channel.reset, source.bridge.sid)  # type: ignore[union-attr]
+
+    # --- DNS events ---------------------------------------------------------------------
+
+    def dns_query_seen(self, source: UdpSource, remote: Addr, data: bytes) -> None:
+        try:
+            msg = dnswire.parse_message(data)
+            desc = dnswire.describe_query(data)
+        except ValueError:
+            return
+        key = (remote, msg.id)
+        self._dns_pending[key] = (time.monotonic(), source, desc)
+        if len(self._dns_pending) > 4096:
+            self._dns_pending.pop(next(iter(self._dns_pending)))
+
+    def dns_reply_seen(self, src: Addr, remote: Addr, data: bytes) -> None:
+        try:
+            msg = dnswire.parse_message(data)
+            desc = dnswire.describe_response(data)
+        except ValueError:
+            return
+        pending = self._dns_pending.pop((remote, msg.id), None)
+        if pending is None:
+            return
+        started, source, query = pending
+        result = "0" if msg.rcode == 0 else "-" + dnswire.rcode_name(msg.rcode)
+        self.bus.emit(Event(time.time(), source.pid, source.comm, "sendto", "dns", query,
+                            f"agent {remote[0]}:{remote[1]}", result,
+                            int((time.monotonic() - started) * 1e6), {"answer": desc}))
+
+
+class _AgentLog(asyncio.Protocol):
+    """The agent's stderr: shown as `agent:` lines, and kept for error messages."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.session._stderr_tail.append(line)
+                self.session.bus.notice(f"agent: {line}")
+
+
+def _unmap(host: str) -> str:
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _nsswitch_with_files_dns() -> bytes:
+    """The local nsswitch.conf with its hosts line replaced by `files dns`.
+
+    Only hosts changes: users and groups are still this machine's, and mdns/
+    resolve modules would otherwise swallow `.local` cluster names before DNS.
+    """
+    try:
+        with open("/etc/nsswitch.conf", "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    out = [ln for ln in lines if not ln.lstrip().startswith("hosts:")]
+    out.append("hosts: files dns")
+    return ("\n".join(out) + "\n").encode()

@@ -1,0 +1,501 @@
+"""Outgoing TCP and UDP: connect, the send family, and the calls that reveal addresses.
+
+Every diverted socket stays the program's own AF_INET/AF_INET6 socket; only
+its peer becomes one of the session's loopback relays. So the program keeps
+setsockopt, poll, non-blocking mode and close exactly as the kernel gives
+them, and the handlers only have to hide the relay again where an address
+comes back out (getpeername, recvfrom, recvmsg, recvmmsg).
+
+Socket operations the supervisor makes on the program's behalf (bind before a
+diverted connect, the connect to the relay) act on a pidfd_getfd duplicate:
+same open file description, so they act on the program's socket itself, and
+no socket()/dup()/close() bookkeeping is needed (threads sharing an fd table
+come for free).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from agent_image import protocol as p
+from syscalls.base import PASS, Call, ExitCall, Outcome, Park, Pass, Return, Rewrite, Session
+from syscalls.sockaddr import (
+    AF_INET,
+    AF_INET6,
+    SockAddr,
+    decode_sockaddr,
+    encode_sockaddr,
+    inet,
+    inet6,
+)
+
+_SOCKLEN = struct.Struct("=I")
+_MSGHDR_SIZE = 56
+_MMSGHDR_SIZE = 64
+_MAX_SOCKADDR = 128
+_LOOPBACK = {AF_INET: "127.0.0.1", AF_INET6: "::1"}
+_WILDCARD = {AF_INET: "0.0.0.0", AF_INET6: "::"}
+_RELAY_CONNECT_TIMEOUT = 2.0
+
+Addr = tuple[str, int]
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _read_sockaddr(call: Call, ptr: int, length: int) -> SockAddr | None:
+    if not ptr or length < 2 or length > _MAX_SOCKADDR:
+        return None
+    try:
+        return decode_sockaddr(call.read(ptr, length))
+    except (OSError, ValueError):
+        return None
+
+
+def _open_dup(call: Call, fd: int) -> socket.socket | None:
+    """Our socket object on the program's socket, or None if fd is not a socket."""
+    try:
+        dup = call.dup_fd(fd)
+    except OSError:
+        return None
+    try:
+        return socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return None
+
+
+def _unmap(host: str) -> str:
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _errno_of(reply: Any) -> int:
+    if isinstance(reply, p.ErrorReply):
+        return p.errno_value(reply.errno) or errno.EIO
+    return errno.ECONNREFUSED  # the channel is gone: like a network that refuses
+
+
+def _ensure_bound(sock: socket.socket) -> Addr:
+    """Bind an unbound socket (as the kernel's autobind would) and say how the relay
+    will see it: a wildcard address shows up as the loopback address."""
+    host, port = sock.getsockname()[:2]
+    if port == 0:
+        sock.bind((_WILDCARD[sock.family], 0))
+        host, port = sock.getsockname()[:2]
+    host = _unmap(host)
+    if host in ("0.0.0.0", "::"):
+        host = _LOOPBACK[sock.family]
+    return host, port
+
+
+def _as_family(remote: Addr, family: int) -> SockAddr:
+    """The remote address as the program's socket family shows it (v4-mapped on v6)."""
+    host, port = remote
+    if family == AF_INET6:
+        return inet6("::ffff:" + host if "." in host else host, port)
+    return inet(host, port)
+
+
+def _connect_event(session: Session, call: Call, target: SockAddr, via: str, result: int,
+                   reason: str) -> None:
+    session.emit(call, "connect", str(target), via, result, detail={"rule": reason})
+
+
+# --- connect ---------------------------------------------------------------------------
+
+
+def connect(call: Call, session: Session) -> Outcome:
+    """Divert connect(2) of TCP and UDP sockets to pod destinations through the agent."""
+    fd, ptr, length = call.args[0], call.args[1], call.args[2] & 0xFFFFFFFF
+    addr = _read_sockaddr(call, ptr, length)
+    if addr is None or addr.family not in (AF_INET, AF_INET6):
+        return PASS
+    sock = _open_dup(call, fd)
+    if sock is None:
+        return PASS
+    decision = session.policy.decide_connect(addr, sock.type)
+    if not decision.diverted:
+        sock.close()
+
+        def shown(c: ExitCall) -> None:
+            _connect_event(session, c, addr, "local", c.result, decision.reason)
+
+        return Pass(on_exit=shown)
+    if sock.type == socket.SOCK_STREAM:
+        return _connect_tcp(call, session, sock, addr, decision.reason)
+    if sock.type == socket.SOCK_DGRAM:
+        return _connect_udp(call, session, sock, addr, decision.reason)
+    sock.close()
+    return PASS
+
+
+def _connect_tcp(call: Call, session: Session, sock: socket.socket, addr: SockAddr,
+                 reason: str) -> Outcome:
+    try:
+        sock.getpeername()
+        sock.close()
+        return PASS  # already connected: the kernel's EISCONN/EALREADY is the answer
+    except OSError:
+        pass
+    remote = addr.unmapped()
+    key = os.fstat(sock.fileno()).st_ino
+    inflight = session.tcp_inflight.get(key)
+    if inflight is None or inflight[1] != (remote.host, remote.port):
+        fut = session.open_tcp(remote.host, remote.port)
+        inflight = (fut, (remote.host, remote.port))
+        session.tcp_inflight[key] = inflight
+    fut = inflight[0]
+
+    def then(c: Call, reply: Any) -> Outcome:
+        session.tcp_inflight.pop(key, None)
+        try:
+            if isinstance(reply, BaseException) or isinstance(reply, p.ErrorReply):
+                err = _errno_of(reply)
+                _connect_event(session, c, addr, "agent", -err, reason)
+                return Return(-err)
+            return _attach_relay(c, session, sock, addr, reply, reason)
+        finally:
+            sock.close()
+
+    def abandon() -> None:
+        session.tcp_inflight.pop(key, None)
+        sock.close()
+        if fut.done() and not isinstance(fut.result(), p.ErrorReply | BaseException):
+            session.abandon_tcp(fut.result())
+
+    return Park(fut, then, abandon)
+
+
+def _attach_relay(call: Call, session: Session, sock: socket.socket, addr: SockAddr,
+                  bridge: Any, reason: str) -> Outcome:
+    v6only = False
+    if sock.family == AF_INET6:
+        v6only = bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    where = session.relay_address(sock.family, v6only)
+    if where is None:
+        session.abandon_tcp(bridge)
+        _connect_event(session, call, addr, "agent", -errno.ENETUNREACH, reason)
+        return Return(-errno.ENETUNREACH)
+    _, relay = where
+    try:
+        peer = _ensure_bound(sock)
+        remote = addr.unmapped()
+        session.expect_tcp(peer, bridge, (remote.host, remote.port))
+        _connect_nowait(sock, relay)
+    except OSError as exc:
+        session.abandon_tcp(bridge)
+        err = exc.errno or errno.EIO
+        _connect_event(session, call, addr, "agent", -err, reason)
+        return Return(-err)
+    nonblocking = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+    _connect_event(session, call, addr, "agent", 0, reason)
+    # A non-blocking socket sees what a real network gives it: EINPROGRESS, then
+    # writable with SO_ERROR 0. The connection is in fact complete already.
+    return Return(-errno.EINPROGRESS if nonblocking else 0)
+
+
+def _connect_nowait(sock: socket.socket, relay: Addr) -> None:
+    """Connect the program's socket to our listener without blocking our thread on it."""
+    try:
+        sock.connect(relay)
+        return
+    except BlockingIOError:
+        pass
+    _, writable, _ = select.select([], [sock], [], _RELAY_CONNECT_TIMEOUT)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if not writable:
+        raise OSError(errno.ETIMEDOUT, "the relay did not accept")
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+def _connect_udp(call: Call, session: Session, sock: socket.socket, addr: SockAddr,
+                 reason: str) -> Outcome:
+    remote = addr.unmapped()
+    target = (remote.host, remote.port)
+    try:
+        src = _ensure_bound(sock)
+    except OSError as exc:
+        sock.close()
+        return Return(-(exc.errno or errno.EIO))
+
+    def finish(c: Call, relay: Any) -> Outcome:
+        try:
+            if not isinstance(relay, tuple):
+                err = _errno_of(relay)
+                _connect_event(session, c, addr, "agent", -err, reason)
+                return Return(-err)
+            try:
+                sock.connect(relay)
+            except OSError as exc:
+                return Return(-(exc.errno or errno.EIO))
+            session.emit(c, "udp", str(addr), "agent", 0, detail={"rule": reason})
+            return Return(0)
+        finally:
+            sock.close()
+
+    return _with_udp_relay(call, session, src, target, sock.family, finish)
+
+
+def _with_udp_relay(call: Call, session: Session, src: Addr, target: Addr, family: int,
+                    finish: Callable[[Call, Any], Outcome]) -> Outcome:
+    relay = session.udp_ready(src, target, family)
+    if relay is not None:
+        return finish(call, relay)
+    fut = session.prepare_udp(src, target, family, call.tgid, call.comm)
+    return Park(fut, finish)
+
+
+# --- unconnected sends -------------------------------------------------------------------
+
+
+def _diverted_dgram(call: Call, session: Session, fd: int, addr: SockAddr | None
+                    ) -> tuple[socket.socket, Addr, Addr] | None:
+    """For a datagram to a diverted destination: (our socket, program's src, remote)."""
+    if addr is None or addr.family not in (AF_INET, AF_INET6):
+        return None
+    sock = _open_dup(call, fd)
+    if sock is None:
+        return None
+    if sock.type != socket.SOCK_DGRAM or not session.policy.decide_connect(
+        addr, sock.type
+    ).diverted:
+        sock.close()
+        return None
+    remote = addr.unmapped()
+    try:
+        src = _ensure_bound(sock)
+    except OSError:
+        sock.close()
+        return None
+    return sock, src, (remote.host, remote.port)
+
+
+def sendto(call: Call, session: Session) -> Outcome:
+    """Divert sendto(2) of a datagram to a pod address: the kernel sends it to the relay."""
+    fd, ptr, length = call.args[0], call.args[4], call.args[5] & 0xFFFFFFFF
+    found = _diverted_dgram(call, session, fd, _read_sockaddr(call, ptr, length))
+    if found is None:
+        return PASS
+    sock, src, target = found
+    family = sock.family
+    sock.close()
+
+    def finish(c: Call, relay: Any) -> Outcome:
+        if not isinstance(relay, tuple):
+            return Return(-_errno_of(relay))
+        encoded = encode_sockaddr(_as_family(relay, family))
+        return Rewrite({4: c.scratch(encoded), 5: len(encoded)})
+
+    return _with_udp_relay(call, session, src, target, family, finish)
+
+
+def sendmsg(call: Call, session: Session) -> Outcome:
+    """Divert sendmsg(2) with a pod msg_name: the kernel reads a copy naming the relay."""
+    fd, hdr_ptr = call.args[0], call.args[1]
+    try:
+        hdr = bytearray(call.read(hdr_ptr, _MSGHDR_SIZE))
+    except OSError:
+        return PASS
+    name_ptr, name_len = struct.unpack_from("=QI", hdr, 0)
+    found = _diverted_dgram(call, session, fd, _read_sockaddr(call, name_ptr, name_len))
+    if found is None:
+        return PASS
+    sock, src, target = found
+    family = sock.family
+    sock.close()
+
+    def finish(c: Call, relay: Any) -> Outcome:
+        if not isinstance(relay, tuple):
+            return Return(-_errno_of(relay))
+        encoded = encode_sockaddr(_as_family(relay, family))
+        # One scratch slot holds the copied msghdr followed by the relay's sockaddr.
+        base = c.scratch(bytes(hdr) + encoded)
+        struct.pack_into("=QI", hdr, 0, base + _MSGHDR_SIZE, len(encoded))
+        c.write(base, bytes(hdr))
+        return Rewrite({1: base})
+
+    return _with_udp_relay(call, session, src, target, family, finish)
+
+
+def sendmmsg(call: Call, session: Session) -> Outcome:
+    """Divert sendmmsg(2) whose first message names a pod address.
+
+    glibc's resolver connects its socket and sends A and AAAA with no names, so
+    that case is plain connect diversion; here the named case is served one
+    message at a time (a short count is a legal sendmmsg result).
+    """
+    fd, vec = call.args[0], call.args[1]
+    if (call.args[2] & 0xFFFFFFFF) == 0:
+        return PASS
+    try:
+        first = call.read(vec, _MSGHDR_SIZE)
+    except OSError:
+        return PASS
+    name_ptr, name_len = struct.unpack_from("=QI", first, 0)
+    found = _diverted_dgram(call, session, fd, _read_sockaddr(call, name_ptr, name_len))
+    if found is None:
+        return PASS
+    sock, src, target = found
+    family = sock.family
+    sock.close()
+
+    def finish(c: Call, relay: Any) -> Outcome:
+        if not isinstance(relay, tuple):
+            return Return(-_errno_of(relay))
+        encoded = encode_sockaddr(_as_family(relay, family))
+        msg = bytearray(first) + bytes(_MMSGHDR_SIZE - _MSGHDR_SIZE)
+        base = c.scratch(bytes(msg) + encoded)
+        struct.pack_into("=QI", msg, 0, base + _MMSGHDR_SIZE, len(encoded))
+        c.write(base, bytes(msg))
+
+        def copy_len(e: ExitCall) -> None:
+            if e.result == 1:
+                sent = e.read(base + _MSGHDR_SIZE, 4)
+                e.write(vec + _MSGHDR_SIZE, sent)
+
+        return Rewrite({1: base, 2: 1}, on_exit=copy_len)
+
+    return _with_udp_relay(call, session, src, target, family, finish)
+
+
+# --- where addresses come back out -----------------------------------------------------------
+
+
+def _rewrite_name(call: ExitCall, session: Session, ptr: int, capacity: int, got: int) -> None:
+    """If the kernel wrote a relay's address at ptr, write the remote's instead."""
+    if not ptr or capacity <= 0 or got < 2:
+        return
+    addr = _read_sockaddr(call, ptr, min(got, capacity))
+    if addr is None or addr.family not in (AF_INET, AF_INET6) or addr.host is None:
+        return
+    key = (_unmap(addr.host), addr.port or 0)
+    remote = session.udp_remote.get(key)
+    if remote is None:
+        return
+    encoded = encode_sockaddr(_as_family(remote, addr.family))
+    call.write(ptr, encoded[:capacity])
+
+
+def _read_socklen(call: Call, ptr: int) -> int:
+    if not ptr:
+        return 0
+    try:
+        return _SOCKLEN.unpack(call.read(ptr, 4))[0]
+    except OSError:
+        return 0
+
+
+def recvfrom(call: Call, session: Session) -> Outcome:
+    """Pass through recvfrom(2), showing the remote address instead of a relay's."""
+    if not session.udp_remote:
+        return PASS
+    ptr, len_ptr = call.args[4], call.args[5]
+    capacity = _read_socklen(call, len_ptr)
+
+    def fix(e: ExitCall) -> None:
+        if e.result >= 0:
+            _rewrite_name(e, session, ptr, capacity, _read_socklen(e, len_ptr))
+
+    return Pass(on_exit=fix)
+
+
+def recvmsg(call: Call, session: Session) -> Outcome:
+    """Pass through recvmsg(2), showing the remote address instead of a relay's."""
+    if not session.udp_remote:
+        return PASS
+    hdr_ptr = call.args[1]
+    try:
+        name_ptr, capacity = struct.unpack("=QI", call.read(hdr_ptr, 12))
+    except OSError:
+        return PASS
+    if not name_ptr:
+        return PASS
+
+    def fix(e: ExitCall) -> None:
+        if e.result >= 0:
+            got = _read_socklen(e, hdr_ptr + 8)
+            _rewrite_name(e, session, name_ptr, capacity, got)
+
+    return Pass(on_exit=fix)
+
+
+def recvmmsg(call: Call, session: Session) -> Outcome:
+    """Pass through recvmmsg(2), showing remote addresses instead of relays'."""
+    if not session.udp_remote:
+        return PASS
+    vec, vlen = call.args[1], min(call.args[2] & 0xFFFFFFFF, 1024)
+    try:
+        raw = call.read(vec, vlen * _MMSGHDR_SIZE)
+    except OSError:
+        return PASS
+    names = [struct.unpack_from("=QI", raw, i * _MMSGHDR_SIZE) for i in range(vlen)]
+
+    def fix(e: ExitCall) -> None:
+        for i in range(max(0, min(e.result, vlen))):
+            name_ptr, capacity = names[i]
+            got = _read_socklen(e, vec + i * _MMSGHDR_SIZE + 8)
+            _rewrite_name(e, session, name_ptr, capacity, got)
+
+    return Pass(on_exit=fix)
+
+
+def getpeername(call: Call, session: Session) -> Outcome:
+    """Pass through getpeername(2), showing the remote address instead of a relay's."""
+    if not session.udp_remote and not session.tcp_remote:
+        return PASS
+    fd, ptr, len_ptr = call.args[0], call.args[1], call.args[2]
+    capacity = _read_socklen(call, len_ptr)
+
+    def fix(e: ExitCall) -> None:
+        if e.result != 0:
+            return
+        got = _read_socklen(e, len_ptr)
+        addr = _read_sockaddr(e, ptr, min(got, capacity))
+        if addr is None or addr.host is None:
+            return
+        if session.is_tcp_relay((_unmap(addr.host), addr.port or 0)):
+            sock = _open_dup(e, fd)
+            if sock is None:
+                return
+            try:
+                local = sock.getsockname()
+            finally:
+                sock.close()
+            remote = session.tcp_remote.get((_unmap(local[0]), local[1]))
+            if remote is not None:
+                e.write(ptr, encode_sockaddr(_as_family(remote, addr.family))[:capacity])
+            return
+        _rewrite_name(e, session, ptr, capacity, got)
+
+    return Pass(on_exit=fix)
+
+
+def listen(call: Call, session: Session) -> Outcome:
+    """Pass through listen(2), showing the port the program now listens on."""
+    fd = call.args[0]
+
+    def shown(e: ExitCall) -> None:
+        sock = _open_dup(e, fd)
+        if sock is None:
+            return
+        try:
+            where = sock.getsockname()
+        except OSError:
+            return
+        finally:
+            sock.close()
+        if isinstance(where, tuple):
+            target = str(_as_family((_unmap(where[0]), where[1]), sock.family))
+        else:
+            target = str(where)
+        session.emit(e, "listen", target, "local", e.result)
+
+    return Pass(on_exit=shown)
