@@ -1,0 +1,3 @@
+module mirrortrace.test/goclient
+
+go 1.19

@@ -1,0 +1,207 @@
+// goclient is a statically linked Go test client for mirrortrace.
+//
+// Go programs resolve names and open sockets with raw syscalls (no libc), so they are the
+// case LD_PRELOAD tools miss and a ptrace supervisor must handle. Built with CGO_ENABLED=0,
+// so the pure Go resolver (reading /etc/resolv.conf and /etc/hosts itself, falling back
+// to TCP) is always used.
+//
+// Usage (errors go to stderr as "error: <Go error text>", exit status 1):
+//
+//	goclient get [-sha] URL     body on stdout; with -sha: "LEN SHA256HEX"
+//	goclient lookup NAME        net.LookupHost: one address per line, sorted
+//	goclient srv SERVICE PROTO NAME
+//	                            net.LookupSRV: "TARGET PORT PRIORITY WEIGHT" lines
+//	goclient hostname           os.Hostname on line 1, then its LookupHost addresses
+//	goclient dial HOST:PORT     plain TCP connect: "connected REMOTEADDR"
+//	goclient stress N URL [ITERS]
+//	                            N goroutines, each ITERS (default 10) times: LookupHost of
+//	                            the URL's host + GET; prints "ok COUNT" (exit 1 if any failed)
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var client = &http.Client{Timeout: 60 * time.Second}
+
+func init() {
+	// Same as GODEBUG=netdns=go: never hand resolution to libc (there is none anyway).
+	net.DefaultResolver = &net.Resolver{PreferGo: true}
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "error: %v\n", err)
+	os.Exit(1)
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: goclient get [-sha] URL | lookup NAME | srv SERVICE PROTO NAME | "+
+		"hostname | dial HOST:PORT | stress N URL [ITERS]")
+	os.Exit(2)
+}
+
+func get(rawURL string, sha bool) error {
+	resp, err := client.Get(rawURL)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if sha {
+		h := sha256.New()
+		n, err := io.Copy(h, resp.Body)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
+	} else if _, err := io.Copy(os.Stdout, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode >= 400 {
+		return fmt.Errorf("HTTP status %s", resp.Status)
+	}
+	return nil
+}
+
+func lookup(name string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	sort.Strings(addrs)
+	return addrs, err
+}
+
+func stress(n, iters int, rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return err
+	}
+	var ok int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var firstErr error
+	for g := 0; g < n; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < iters; i++ {
+				_, err := lookup(u.Hostname())
+				if err == nil {
+					var resp *http.Response
+					resp, err = client.Get(rawURL)
+					if err == nil {
+						_, err = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if err == nil && resp.StatusCode != 200 {
+							err = fmt.Errorf("HTTP status %s", resp.Status)
+						}
+					}
+				}
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					continue
+				}
+				atomic.AddInt64(&ok, 1)
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("ok %d\n", ok)
+	return firstErr
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "get":
+		sha := false
+		if len(args) > 0 && args[0] == "-sha" {
+			sha, args = true, args[1:]
+		}
+		if len(args) != 1 {
+			usage()
+		}
+		if err := get(args[0], sha); err != nil {
+			fail(err)
+		}
+	case "lookup":
+		if len(args) != 1 {
+			usage()
+		}
+		addrs, err := lookup(args[0])
+		if err != nil {
+			fail(err)
+		}
+		for _, a := range addrs {
+			fmt.Println(a)
+		}
+	case "srv":
+		if len(args) != 3 {
+			usage()
+		}
+		_, srvs, err := net.DefaultResolver.LookupSRV(context.Background(), args[0], args[1], args[2])
+		if err != nil {
+			fail(err)
+		}
+		for _, s := range srvs {
+			fmt.Printf("%s %d %d %d\n", s.Target, s.Port, s.Priority, s.Weight)
+		}
+	case "hostname":
+		name, err := os.Hostname()
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println(name)
+		addrs, err := lookup(name)
+		if err != nil {
+			fail(err)
+		}
+		for _, a := range addrs {
+			fmt.Println(a)
+		}
+	case "dial":
+		if len(args) != 1 {
+			usage()
+		}
+		conn, err := net.DialTimeout("tcp", args[0], 60*time.Second)
+		if err != nil {
+			fail(err)
+		}
+		fmt.Printf("connected %s\n", conn.RemoteAddr())
+		conn.Close()
+	case "stress":
+		if len(args) < 2 || len(args) > 3 {
+			usage()
+		}
+		n, err := strconv.Atoi(args[0])
+		if err != nil {
+			usage()
+		}
+		iters := 10
+		if len(args) == 3 {
+			if iters, err = strconv.Atoi(args[2]); err != nil {
+				usage()
+			}
+		}
+		if err := stress(n, iters, args[1]); err != nil {
+			fail(err)
+		}
+	default:
+		usage()
+	}
+}
