@@ -18,7 +18,9 @@ from ptrace.syscall.linux.x86_64 import SYSCALL_NAMES
 
 __all__ = ["Regs", "SYSCALL_NAMES", "SYSCALL_NUMBERS"]
 
-SYSCALL_NUMBERS: dict[str, int] = {name: nr for nr, name in SYSCALL_NAMES.items()}
+# Numbers 512-547 in python-ptrace's table are the x32 ABI's; they must not shadow
+# the x86_64 numbers of the same names.
+SYSCALL_NUMBERS: dict[str, int] = {name: nr for nr, name in SYSCALL_NAMES.items() if nr < 512}
 # Newer than python-ptrace's table.
 SYSCALL_NUMBERS.update(
     {
