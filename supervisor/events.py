@@ -81,14 +81,17 @@ def format_latency(us: int) -> str:
 
 
 def format_plain(event: Event, start: float) -> str:
-    """One aligned line, time relative to start, e.g.
+    """One aligned line, time relative to start, e.g. (spaces squeezed here)
 
-    ``  12.345 curl[1234]        connect  web:80 → agent 198.18.0.10:8080  0  1.2ms``
+    ``  12.345 curl[1234] connect 198.18.0.10:80 → agent 198.18.0.10:80 0 1.2ms``
+
+    Columns are padded to common widths; a longer value pushes the rest of
+    its line right rather than being cut.
     """
     who = f"{event.comm}[{event.pid}]"
     return (
-        f"{event.ts - start:8.3f} {who:<18} {event.syscall:<10} "
-        f"{event.target} → {event.via}  {event.result}  {format_latency(event.latency_us)}"
+        f"{event.ts - start:8.3f} {who:<18} {event.syscall:<10} {event.target:<28} "
+        f"→ {event.via:<24} {event.result:<6} {format_latency(event.latency_us):>7}"
     )
 
 

@@ -63,12 +63,16 @@ def test_event_has_slots() -> None:
 def test_plain_line_is_aligned_and_relative() -> None:
     line = format_plain(event(ts=1012.345), start=1000.0)
     assert line == (
-        "  12.345 curl[1234]         connect    198.18.0.10:80 → agent 198.18.0.10:80  0  1.2ms"
+        "  12.345 curl[1234]         connect    198.18.0.10:80               "
+        "→ agent 198.18.0.10:80     0        1.2ms"
     )
     short = format_plain(event(ts=1000.5, latency_us=850, result="-ECONNREFUSED"), 1000.0)
     assert short.startswith("   0.500 curl[1234]         connect    ")
-    assert short.endswith("  -ECONNREFUSED  850µs")
-    assert format_plain(event(latency_us=2_500_000), 1000.0).endswith("2.50s")
+    assert short.endswith(" -ECONNREFUSED   850µs")
+    assert format_plain(event(latency_us=2_500_000), 1000.0).endswith("  2.50s")
+    # Same widths for other values: the arrow stays in one column.
+    other = format_plain(event(ts=1001.0, comm="python3", pid=7, syscall="sendto"), 1000.0)
+    assert other.index("→") == line.index("→")
 
 
 def test_plain_bus_writes_one_line_per_event() -> None:
