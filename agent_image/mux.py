@@ -218,7 +218,13 @@ class Channel:
                 if self.closed.done():
                     return
         except p.ProtocolError as exc:
-            self.fail(f"protocol error from the {self.peer_role}: {exc}")
+            hint = ""
+            if not self.peer_hello.done():
+                hint = (
+                    f" (it began with {data[:24]!r}: is something else writing to the "
+                    f"{self.peer_role}'s stdout?)"
+                )
+            self.fail(f"protocol error from the {self.peer_role}: {exc}{hint}")
 
     def eof_received(self) -> None:
         if self._decoder.pending:
@@ -233,7 +239,9 @@ class Channel:
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
-            if exc is not None:
+            if exc is not None and not self.peer_hello.done():
+                self._finish(f"the {self.peer_role} closed the channel before its hello ({exc})")
+            elif exc is not None:
                 self._finish(f"channel to the {self.peer_role} broke: {exc}")
             else:
                 self.eof_received()

@@ -1,0 +1,245 @@
+"""The channel both sides share: requests, streams, flow control, failure."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from agent_image import protocol as p
+from agent_image.mux import Channel, ChannelClosed, TcpBridge
+
+
+async def _pair(handler: Callable[[int, p.Message], Awaitable[p.Message | None]] | None = None
+                ) -> tuple[Channel, Channel]:
+    a, b = socket.socketpair()
+    _OPEN.extend((a, b))
+    sup = Channel("supervisor")
+    agent = Channel("agent", handler)
+    _CHANNELS.extend((sup, agent))
+    await sup.open_socket(a)
+    await agent.open_socket(b)
+    await asyncio.gather(sup.handshake(2), agent.handshake(2))
+    return sup, agent
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair: RST and half-close behave as on a network."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    _OPEN.extend((a, b))
+    return a, b
+
+
+_OPEN: list[socket.socket] = []
+_CHANNELS: list[Channel] = []
+
+
+async def _then_close(coro: Awaitable[None]) -> None:
+    try:
+        await asyncio.wait_for(coro, 20)
+    finally:
+        while _CHANNELS:
+            _CHANNELS.pop().goodbye()
+        await asyncio.sleep(0.01)  # let the transports finish closing
+
+
+def run(coro: Awaitable[None]) -> None:
+    """Run one test's coroutine; every channel and socket it made is closed afterwards."""
+    try:
+        asyncio.run(_then_close(coro))
+    finally:
+        while _OPEN:
+            _OPEN.pop().close()
+
+
+def test_requests_get_their_replies_and_errors_travel_as_data() -> None:
+    async def handler(sid: int, msg: p.Message) -> p.Message:
+        if isinstance(msg, p.ReadFile):
+            raise FileNotFoundError(2, "No such file")
+        return p.UnameReply(sysname="Linux", nodename=f"n{sid}", release="", version="",
+                            machine="x86_64")
+
+    async def main() -> None:
+        sup, _ = await _pair(handler)
+        replies = await asyncio.gather(*(sup.request(p.Uname()) for _ in range(50)))
+        names = {r.nodename for r in replies}  # type: ignore[attr-defined]
+        assert len(names) == 50  # fifty distinct request ids, each answered
+        err = await sup.request(p.ReadFile(path="/nope"))
+        assert err == p.ErrorReply(errno="ENOENT", message="No such file or directory")
+
+    run(main())
+
+
+def test_an_unserved_op_is_answered_not_fatal() -> None:
+    async def main() -> None:
+        sup, _ = await _pair(None)
+        reply = await sup.request(p.Uname())
+        assert isinstance(reply, p.ErrorReply) and reply.errno == "EOPNOTSUPP"
+        assert sup.is_open
+
+    run(main())
+
+
+async def _bridged() -> tuple[Channel, Channel, socket.socket, socket.socket, TcpBridge]:
+    """A stream whose ends are socketpairs: app <-> sup bridge ~ agent bridge <-> server."""
+    loop = asyncio.get_running_loop()
+    server_side, server = tcp_pair()
+    holder: dict[str, TcpBridge] = {}
+
+    async def handler(sid: int, msg: p.Message) -> p.Message | None:
+        bridge = TcpBridge(agent)
+        bridge.sid = sid
+        agent.streams[sid] = bridge
+        holder["agent"] = bridge
+        await loop.connect_accepted_socket(lambda: bridge, server_side)
+        return p.Connected(local_host="198.18.0.2", local_port=1)
+
+    sup, agent = await _pair(handler)
+    app, app_side = tcp_pair()
+    bridge = TcpBridge(sup)
+    reply = await sup.request(p.Connect(host="198.18.0.10", port=80), endpoint=bridge)
+    assert isinstance(reply, p.Connected)
+    await loop.connect_accepted_socket(lambda: bridge, app_side)
+    app.setblocking(False)
+    server.setblocking(False)
+    return sup, agent, app, server, holder["agent"]
+
+
+async def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = b""
+    while len(out) < n:
+        chunk = await loop.sock_recv(sock, n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_bytes_cross_both_ways_in_order_and_half_close_works() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        _, _, app, server, _ = await _bridged()
+        payload = bytes(range(256)) * 40000  # 10 MB, larger than every window
+        sending = loop.create_task(loop.sock_sendall(app, payload))
+        assert await _recv_exactly(server, len(payload)) == payload
+        await sending
+        app.shutdown(socket.SHUT_WR)
+        assert await loop.sock_recv(server, 10) == b""  # EOF reached the far end
+        await loop.sock_sendall(server, b"still open the other way")
+        assert await _recv_exactly(app, 24) == b"still open the other way"
+
+    run(main())
+
+
+def test_a_reader_that_stops_reading_stops_the_writer() -> None:
+    """Flow control: the far end not reading must push back, not fill memory."""
+
+    async def main() -> None:
+        _, _, app, server, agent_bridge = await _bridged()
+        written = 0
+        chunk = bytes(65536)
+        for _ in range(2000):  # up to 128 MiB if nothing pushed back
+            try:
+                written += app.send(chunk)
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+                try:
+                    written += app.send(chunk)
+                except BlockingIOError:
+                    break
+            await asyncio.sleep(0)
+        assert written < 16 * 2**20, f"{written} bytes accepted with nobody reading"
+        assert agent_bridge.transport is not None
+        assert agent_bridge.transport.get_write_buffer_size() <= p.INITIAL_WINDOW + 2**17
+        server.close()
+
+    run(main())
+
+
+def test_a_reset_from_the_far_end_reaches_the_app_as_econnreset() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        _, _, app, server, _ = await _bridged()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        await loop.sock_sendall(server, b"x")
+        server.close()
+        assert await _recv_exactly(app, 1) == b"x"
+        with pytest.raises(ConnectionResetError):
+            while await loop.sock_recv(app, 10):
+                pass
+
+    run(main())
+
+
+def test_losing_the_channel_resets_every_stream() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sup, agent, app, server, _ = await _bridged()
+        agent.fail("going away")
+        reason = await sup.closed
+        assert reason is not None and "going away" in reason
+        with pytest.raises(ConnectionResetError):
+            while await loop.sock_recv(app, 10):
+                pass
+        with pytest.raises(ChannelClosed):
+            await sup.request(p.Uname())
+        server.close()
+
+    run(main())
+
+
+async def _raw_peer() -> tuple[Channel, socket.socket]:
+    a, b = socket.socketpair()
+    _OPEN.extend((a, b))
+    sup = Channel("supervisor")
+    _CHANNELS.append(sup)
+    await sup.open_socket(a)
+    b.setblocking(False)
+    return sup, b
+
+
+def test_a_channel_cut_in_the_middle_of_a_frame_says_so() -> None:
+    async def main() -> None:
+        sup, raw = await _raw_peer()
+        hello = p.Hello(version=p.VERSION, role="agent").to_payload()
+        frame = p.encode_frame(p.FrameType.HELLO, 0, hello)
+        raw.send(frame + p.encode_frame(p.FrameType.DATA, 1, b"abcdef")[:7])
+        raw.shutdown(socket.SHUT_WR)
+        reason = await sup.closed
+        assert reason is not None and "middle of a frame" in reason
+
+    run(main())
+
+
+def test_garbage_ends_the_session_and_tells_the_peer_why() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sup, raw = await _raw_peer()
+        raw.send(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        reason = await sup.closed
+        assert reason is not None and "protocol error" in reason
+        received = b""
+        while chunk := await loop.sock_recv(raw, 65536):
+            received += chunk
+        frames = p.FrameDecoder().feed(received)
+        assert frames[0].type is p.FrameType.HELLO
+        assert frames[-1].type is p.FrameType.ERROR
+        assert b"exceeds" in frames[-1].payload
+        assert b"b'HTTP/1.1 400" in frames[-1].payload  # shows what came instead
+
+    run(main())
+
+
+def test_a_peer_that_closes_before_its_hello_fails_the_handshake() -> None:
+    async def main() -> None:
+        sup, raw = await _raw_peer()
+        raw.close()
+        with pytest.raises(ChannelClosed, match="before its hello"):
+            await sup.handshake(2)
+
+    run(main())
