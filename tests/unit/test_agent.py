@@ -1,0 +1,195 @@
+"""The agent as it ships: `python -I -S`, standard library only, over its stdin/stdout."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from agent_image import protocol as p
+from agent_image.mux import Channel, TcpBridge
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT = [
+    sys.executable, "-I", "-S", "-c",
+    f"import sys; sys.path.insert(0, {str(REPO)!r}); from agent_image.agent import main; main()",
+]
+
+
+def test_agent_image_imports_only_the_standard_library_and_itself() -> None:
+    stdlib = set(sys.stdlib_module_names)
+    for path in (REPO / "agent_image").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in stdlib or top == "agent_image", f"{path.name} imports {name}"
+
+
+def test_agent_starts_without_site_packages() -> None:
+    out = subprocess.run([*AGENT[:4], AGENT[4].replace("main()", "main(['--version'])")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("mirrortrace-agent ")
+    assert sysconfig.get_paths()["purelib"] not in out.stderr
+
+
+def with_agent(body: Callable[[Channel], Awaitable[None]]) -> str:
+    """Run body against a real agent process; returns the agent's stderr."""
+    with subprocess.Popen(AGENT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+
+        async def main() -> None:
+            ch = Channel("supervisor")
+            await ch.open_pipes(proc.stdout, proc.stdin)
+            hello = await ch.handshake(20)
+            assert hello.role == "agent" and "connect" in hello.features
+            try:
+                await body(ch)
+            finally:
+                ch.goodbye()
+                await asyncio.sleep(0)
+
+        try:
+            asyncio.run(asyncio.wait_for(main(), 30))
+            assert proc.wait(timeout=10) == 0  # exits by itself after goodbye
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.stderr is not None
+        return proc.stderr.read().decode()
+
+
+def test_agent_reports_the_real_errno_of_a_refused_connect() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        closed_port = s.getsockname()[1]
+
+    async def body(ch: Channel) -> None:
+        reply = await ch.request(p.Connect(host="127.0.0.1", port=closed_port))
+        assert isinstance(reply, p.ErrorReply) and reply.errno == "ECONNREFUSED"
+
+    with_agent(body)
+
+
+def test_agent_connects_and_relays_bytes_both_ways() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def echo_upper() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"banner\n")  # the server speaks first, as SSH or SMTP do
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            conn.sendall(data.upper())
+
+    t = threading.Thread(target=echo_upper)
+    t.start()
+
+    async def body(ch: Channel) -> None:
+        loop = asyncio.get_running_loop()
+        app, ours = socket.socketpair()
+        with app, ours:
+            bridge = TcpBridge(ch)
+            reply = await ch.request(p.Connect(host="127.0.0.1", port=port), endpoint=bridge)
+            assert isinstance(reply, p.Connected) and reply.local_host == "127.0.0.1"
+            await loop.connect_accepted_socket(lambda: bridge, ours)
+            app.setblocking(False)
+            got = b""
+            while not got.endswith(b"\n"):
+                got += await loop.sock_recv(app, 100)
+            assert got == b"banner\n"
+            payload = b"abc" * 100_000
+            await loop.sock_sendall(app, payload)
+            app.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := await loop.sock_recv(app, 65536):
+                got += chunk
+            assert got == payload.upper()
+
+    try:
+        with_agent(body)
+    finally:
+        t.join(5)
+        server.close()
+
+
+def test_agent_exchanges_datagrams_with_their_source_address() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        port = peer.getsockname()[1]
+
+        def answer() -> None:
+            data, addr = peer.recvfrom(100)
+            peer.sendto(data[::-1], addr)
+
+        t = threading.Thread(target=answer)
+        t.start()
+        got: list[tuple[str, int, bytes]] = []
+
+        async def body(ch: Channel) -> None:
+            arrived = asyncio.Event()
+            from agent_image.mux import DatagramBridge
+
+            def deliver(host: str, port_: int, data: bytes) -> None:
+                got.append((host, port_, data))
+                arrived.set()
+
+            bridge = DatagramBridge(ch, deliver)
+            reply = await ch.request(p.UdpOpen(family=4), endpoint=bridge)
+            assert isinstance(reply, p.UdpOpened)
+            ch.send(p.FrameType.DATAGRAM, bridge.sid, p.pack_addr("127.0.0.1", port) + b"ping")
+            await asyncio.wait_for(arrived.wait(), 10)
+
+        with_agent(body)
+        t.join(5)
+    assert got == [("127.0.0.1", port, b"gnip")]
+
+
+def test_agent_serves_files_and_uname_from_its_own_view(tmp_path: Path) -> None:
+    f = tmp_path / "resolv.conf"
+    f.write_bytes(b"nameserver 198.18.0.53\n")
+
+    async def body(ch: Channel) -> None:
+        reply = await ch.request(p.ReadFile(path=str(f)))
+        assert isinstance(reply, p.FileData) and reply.blob == b"nameserver 198.18.0.53\n"
+        missing = await ch.request(p.ReadFile(path=str(tmp_path / "nope")))
+        assert isinstance(missing, p.ErrorReply) and missing.errno == "ENOENT"
+        relative = await ch.request(p.ReadFile(path="etc/hosts"))
+        assert isinstance(relative, p.ErrorReply) and relative.errno == "EINVAL"
+        uname = await ch.request(p.Uname())
+        assert isinstance(uname, p.UnameReply) and uname.nodename == socket.gethostname()
+
+    with_agent(body)
+
+
+def test_agent_exits_when_its_stdin_closes() -> None:
+    with subprocess.Popen(AGENT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.close()
+        try:
+            assert proc.wait(timeout=20) != 0  # no hello came: an error, said on stderr
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert b"before its hello" in proc.stderr.read()
+
+
+def test_agent_refuses_a_target_pid_that_does_not_exist() -> None:
+    argv = [*AGENT[:4], AGENT[4].replace("main()", "main(['--target-pid', '999999999'])")]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "no process 999999999" in out.stderr
