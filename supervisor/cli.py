@@ -15,7 +15,6 @@ needs it.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +27,7 @@ try:  # typer 0.2x carries its own copy of click and raises its exceptions
 except ImportError:  # older typer uses click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from supervisor.errors import CommandNotFoundError, MirrortraceError, UsageError
+from supervisor.errors import MirrortraceError, UsageError
 
 LOCAL_AGENT_NOTICE = (
     "mirrortrace: no target or agent configured; using a local agent — "
@@ -324,7 +323,9 @@ def run(
     ] = None,
 ) -> None:
     """Run COMMAND with its DNS, connects and files satisfied by the agent."""
-    options = build_options(
+    from supervisor.options import from_command_line
+
+    options = from_command_line(
         command or [],
         {
             "agent_exec": agent_exec,
@@ -372,111 +373,8 @@ def run(
 
 
 def _path(value: Any) -> Path | None:
-    # A str when typer's coercion is bypassed (see _plain_coercion).
+    # A str when typer's coercion is bypassed (see _pass_through).
     return None if value is None else Path(value)
-
-
-def build_options(command: list[str], cli: dict[str, Any], config: Path | None) -> Any:
-    """Merge the command line over the config file into validated RunOptions.
-
-    Nothing is started here: a bad value anywhere is a UsageError or a
-    ConfigError before COMMAND or the agent runs.
-    """
-    from supervisor import options as opt
-    from supervisor.config import load_config, resolve_config
-
-    if not command:
-        raise UsageError("missing COMMAND", "usage: mirrortrace run [OPTIONS] -- COMMAND [ARGS...]")
-    parse_list = {
-        "local_cidr": ("local_cidrs", opt.parse_cidr),
-        "port_map": ("port_map", opt.parse_port_map),
-        "fs_remote": ("fs_remote", None),
-        "fs_local": ("fs_local", None),
-        "env_exclude": ("env_exclude", None),
-    }
-    choices = {
-        "outgoing": opt.OUTGOING_MODES,
-        "fs": opt.FS_MODES,
-        "env": opt.ENV_MODES,
-        "incoming": opt.INCOMING_MODES,
-        "ui": opt.UI_MODES,
-    }
-    given: dict[str, Any] = {}
-    for key, value in cli.items():
-        # None means "not on the command line"; an empty list from typer too.
-        if value is None or value == []:
-            continue
-        if key in parse_list:
-            field, parse = parse_list[key]
-            given[field] = [parse(v) for v in value] if parse else list(value)
-        elif key in choices:
-            given[key] = opt.check_choice(f"--{key}", value, choices[key])
-        elif key == "agent_exec":
-            given[key] = opt.check_agent_exec(value)
-        elif key == "target":
-            given[key] = opt.check_target(value)
-        elif key == "http_header_filter":
-            opt.parse_header_filter(value)
-            given[key] = value
-        elif key == "http_path_filter":
-            given[key] = opt.check_regex("--http-path-filter", value)
-        elif key == "events":
-            given["events_file"] = value
-        else:
-            given[key] = value
-
-    config_path = resolve_config(config)
-    from_file = load_config(config_path) if config_path is not None else {}
-    values = {**from_file, **given}
-
-    # Where the agent comes from: the first rule that applies (CONTRACT.md).
-    env_exec = os.environ.get("MIRRORTRACE_AGENT_EXEC", "").strip()
-    if "agent_exec" in given and "target" in given:
-        raise UsageError("give --agent-exec or --target, not both")
-    if "agent_exec" in given:
-        source = "agent-exec"
-    elif env_exec:
-        source = "env"
-        try:
-            values["agent_exec"] = opt.check_agent_exec(env_exec)
-        except UsageError as err:
-            raise UsageError(
-                err.message.replace("--agent-exec", "MIRRORTRACE_AGENT_EXEC"), err.hint
-            ) from None
-    elif "target" in given:
-        source = "target"
-    elif "agent_exec" in from_file:
-        source = "config"
-    elif "target" in from_file:
-        source = "target"
-    else:
-        source = "local"
-        values["agent_exec"] = shlex.join([sys.executable, "-m", "agent_image"])
-    if source == "target":
-        values["agent_exec"] = None
-    else:
-        values["target"] = None
-    if values.get("ui") is None:
-        values["ui"] = "live" if sys.stderr.isatty() else "none"
-
-    options = opt.build_run_options(command, values, agent_source=source, config_path=config_path)
-    _check_command(command[0])
-    return options
-
-
-def _check_command(program: str) -> None:
-    """Fail before starting anything if COMMAND cannot be executed."""
-    import shutil
-
-    if "/" in program:
-        if not os.path.exists(program):
-            raise CommandNotFoundError(f"{program}: no such file")
-        if os.path.isdir(program) or not os.access(program, os.X_OK):
-            raise CommandNotFoundError(
-                f"{program}: not an executable file", f"make it executable: chmod +x {program}"
-            )
-    elif shutil.which(program) is None:
-        raise CommandNotFoundError(f"{program}: command not found")
 
 
 @config_app.command("check", cls=_Command)

@@ -2,8 +2,10 @@
 
 The CLI and the config loader turn text into typed values with the ``parse_*``
 and ``check_*`` helpers below (each raises :class:`UsageError` with a sentence
-the user can act on); :func:`build_run_options` merges the result into a
-:class:`RunOptions` and checks the rules that span several options. Nothing
+the user can act on); :func:`build_run_options` makes a :class:`RunOptions`
+of them and checks the rules that span several options, and
+:func:`from_command_line` does all of it for `mirrortrace run`: the command
+line over the config file, and where the agent comes from. Nothing
 here starts a process or touches the network, so it is safe to run before
 anything else: a bad value stops mirrortrace before COMMAND is started.
 """
@@ -11,14 +13,17 @@ anything else: a bad value stops mirrortrace before COMMAND is started.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
+import shutil
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import UsageError
+from supervisor.errors import CommandNotFoundError, UsageError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -136,6 +141,111 @@ def build_run_options(
         command=list(command), agent_source=agent_source, config_path=config_path, **given
     )
     return options.validate()
+
+
+def from_command_line(
+    command: list[str], cli: Mapping[str, Any], config: Path | None
+) -> RunOptions:
+    """Merge the command line over the config file into validated RunOptions.
+
+    ``cli`` maps the parameter names of `mirrortrace run` (``local_cidr``,
+    ``events``, ...) to their raw values, None (or []) when not given;
+    ``config`` is the --config path, if any, else the config is searched
+    for. Nothing is started here: a bad value anywhere is a UsageError or a
+    ConfigError before COMMAND or the agent runs.
+    """
+    from supervisor.config import load_config, resolve_config
+
+    if not command:
+        raise UsageError("missing COMMAND", "usage: mirrortrace run [OPTIONS] -- COMMAND [ARGS...]")
+    parse_list = {
+        "local_cidr": ("local_cidrs", parse_cidr),
+        "port_map": ("port_map", parse_port_map),
+        "fs_remote": ("fs_remote", None),
+        "fs_local": ("fs_local", None),
+        "env_exclude": ("env_exclude", None),
+    }
+    choices = {
+        "outgoing": OUTGOING_MODES,
+        "fs": FS_MODES,
+        "env": ENV_MODES,
+        "incoming": INCOMING_MODES,
+        "ui": UI_MODES,
+    }
+    given: dict[str, Any] = {}
+    for key, value in cli.items():
+        # None means "not on the command line"; an empty list from typer too.
+        if value is None or value == []:
+            continue
+        if key in parse_list:
+            field, parse = parse_list[key]
+            given[field] = [parse(v) for v in value] if parse else list(value)
+        elif key in choices:
+            given[key] = check_choice(f"--{key}", value, choices[key])
+        elif key == "agent_exec":
+            given[key] = check_agent_exec(value)
+        elif key == "target":
+            given[key] = check_target(value)
+        elif key == "http_header_filter":
+            parse_header_filter(value)
+            given[key] = value
+        elif key == "http_path_filter":
+            given[key] = check_regex("--http-path-filter", value)
+        elif key == "events":
+            given["events_file"] = value
+        else:
+            given[key] = value
+
+    config_path = resolve_config(config)
+    from_file = load_config(config_path) if config_path is not None else {}
+    values = {**from_file, **given}
+
+    # Where the agent comes from: the first rule that applies (CONTRACT.md).
+    env_exec = os.environ.get("MIRRORTRACE_AGENT_EXEC", "").strip()
+    if "agent_exec" in given and "target" in given:
+        raise UsageError("give --agent-exec or --target, not both")
+    if "agent_exec" in given:
+        source = "agent-exec"
+    elif env_exec:
+        source = "env"
+        try:
+            values["agent_exec"] = check_agent_exec(env_exec)
+        except UsageError as err:
+            raise UsageError(
+                err.message.replace("--agent-exec", "MIRRORTRACE_AGENT_EXEC"), err.hint
+            ) from None
+    elif "target" in given:
+        source = "target"
+    elif "agent_exec" in from_file:
+        source = "config"
+    elif "target" in from_file:
+        source = "target"
+    else:
+        source = "local"
+        values["agent_exec"] = shlex.join([sys.executable, "-m", "agent_image"])
+    if source == "target":
+        values["agent_exec"] = None
+    else:
+        values["target"] = None
+    if values.get("ui") is None:
+        values["ui"] = "live" if sys.stderr.isatty() else "none"
+
+    options = build_run_options(command, values, agent_source=source, config_path=config_path)
+    _check_command(command[0])
+    return options
+
+
+def _check_command(program: str) -> None:
+    """Fail before starting anything if COMMAND cannot be executed."""
+    if "/" in program:
+        if not os.path.exists(program):
+            raise CommandNotFoundError(f"{program}: no such file")
+        if os.path.isdir(program) or not os.access(program, os.X_OK):
+            raise CommandNotFoundError(
+                f"{program}: not an executable file", f"make it executable: chmod +x {program}"
+            )
+    elif shutil.which(program) is None:
+        raise CommandNotFoundError(f"{program}: command not found")
 
 
 def check_choice(option: str, value: str, choices: Iterable[str]) -> str:

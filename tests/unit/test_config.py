@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor import config
-from supervisor.cli import build_options
 from supervisor.errors import ConfigError
+from supervisor.options import from_command_line
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "supervisor" / "mirrortrace.example.toml"
 
@@ -241,7 +241,7 @@ def test_command_line_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
         'agent-exec = "from-file"\nui = "json"\nfs = "write"\ndns = false\n'
         'local-cidr = ["10.0.0.0/8"]\n',
     )
-    opts = build_options(
+    opts = from_command_line(
         ["true"],
         {"ui": "plain", "dns": True, "local_cidr": ["192.168.0.0/16"]},
         path,
@@ -261,7 +261,7 @@ def test_discovered_config_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     sub = tmp_path / "src"
     sub.mkdir()
     monkeypatch.chdir(sub)
-    opts = build_options(["true"], {}, None)
+    opts = from_command_line(["true"], {}, None)
     assert opts.agent_exec == "team-agent"
     assert opts.agent_source == "config"
 
@@ -269,14 +269,14 @@ def test_discovered_config_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_agent_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, 'agent-exec = "from-file"\n')
     monkeypatch.setenv("MIRRORTRACE_AGENT_EXEC", "from-env")
-    opts = build_options(["true"], {"agent_exec": "from-flag"}, path)
+    opts = from_command_line(["true"], {"agent_exec": "from-flag"}, path)
     assert (opts.agent_source, opts.agent_exec) == ("agent-exec", "from-flag")
-    opts = build_options(["true"], {}, path)
+    opts = from_command_line(["true"], {}, path)
     assert (opts.agent_source, opts.agent_exec) == ("env", "from-env")
     monkeypatch.delenv("MIRRORTRACE_AGENT_EXEC")
-    opts = build_options(["true"], {"target": "pod/web"}, path)
+    opts = from_command_line(["true"], {"target": "pod/web"}, path)
     assert (opts.agent_source, opts.target, opts.agent_exec) == ("target", "pod/web", None)
     empty = write(tmp_path, "", "empty.toml")
-    opts = build_options(["true"], {}, empty)
+    opts = from_command_line(["true"], {}, empty)
     assert opts.agent_source == "local"
     assert opts.agent_argv[-2:] == ["-m", "agent_image"]
