@@ -312,10 +312,17 @@ def _serve_agents(listener: socket.socket, log: int, env: dict[str, str]) -> Non
 
 def serve(state: Path) -> None:
     """Set up the pod, print "ready" on stdout, and serve until killed."""
-    setup_pod(state)
-    dns_udp = _UdpServer((DNS_IP, 53), _DnsUdp)
-    dns_tcp = _TcpServer((DNS_IP, 53), _DnsTcp)
-    web = ThreadingHTTPServer((POD_IP, 80), _Web)
+    try:
+        setup_pod(state)
+        dns_udp = _UdpServer((DNS_IP, 53), _DnsUdp)
+        dns_tcp = _TcpServer((DNS_IP, 53), _DnsTcp)
+        web = ThreadingHTTPServer((POD_IP, 80), _Web)
+    except subprocess.CalledProcessError as err:
+        # The demo shows the last lines of this log when the pod fails.
+        detail = " ".join((err.stderr or "").split()) or f"exit status {err.returncode}"
+        sys.exit(f"demo-pod: {' '.join(err.cmd)}: {detail}")
+    except OSError as err:
+        sys.exit(f"demo-pod: {err}")
     web.daemon_threads = True
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(state / "agent.sock"))
