@@ -360,16 +360,13 @@ def run(
 
         name = os.path.basename(options.command[0])
         print(notice_text(options.ui, LOCAL_AGENT_NOTICE.format(name=name)), file=sys.stderr)
-    try:
-        from supervisor.runner import run as run_supervised  # type: ignore[import-not-found]
-    except ModuleNotFoundError as err:
-        if err.name != "supervisor.runner":
-            raise
-        raise MirrortraceError(
-            "the ptrace engine is not part of this build (supervisor/runner.py is missing)",
-            "install mirrortrace from a complete checkout",
-        ) from err
-    raise typer.Exit(run_supervised(options))
+    from supervisor.transport import spawn_agent
+
+    # The agent's interpreter starts while ours imports the engine.
+    agent = spawn_agent(options.agent_argv)
+    from supervisor.runner import run as run_supervised
+
+    raise typer.Exit(run_supervised(options, agent))
 
 
 def _path(value: Any) -> Path | None:

@@ -222,7 +222,9 @@ def from_command_line(
         source = "target"
     else:
         source = "local"
-        values["agent_exec"] = shlex.join([sys.executable, "-m", "agent_image"])
+        from supervisor.transport import local_agent_argv
+
+        values["agent_exec"] = shlex.join(local_agent_argv())
     if source == "target":
         values["agent_exec"] = None
     else:

@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -132,24 +133,29 @@ def exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def run(options: RunOptions) -> int:
-    """Run COMMAND under the supervisor; returns its exit code."""
-    env = dict(os.environ)
-    program = resolve_command(options.command, env)
-    bpf, handlers = build_program()
+def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> int:
+    """Run COMMAND under the supervisor; returns its exit code.
+
+    `agent` is the agent process when the caller started it early (see
+    supervisor/transport.py); it is ended here whatever happens.
+    """
     bus = make_bus(options.ui, options.events_file)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = Child(program, options.command, env, bpf)
     session = Session(
         options.agent_argv,
         bus,
         dns=options.dns,
         outgoing=options.outgoing,
         local_cidrs=options.local_cidrs,
+        agent=agent,
     )
     tracer: Tracer | None = None
     try:
+        env = dict(os.environ)
+        program = resolve_command(options.command, env)
+        bpf, handlers = build_program()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = Child(program, options.command, env, bpf)
         try:
             session.start()
         except BaseException:

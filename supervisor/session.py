@@ -42,6 +42,7 @@ from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
 from supervisor.errors import AgentStartError
 from supervisor.events import Event, EventBus
 from supervisor.policy import NetworkPolicy, parse_resolv_conf
+from supervisor.transport import spawn_agent
 from syscalls import dnswire
 
 HANDSHAKE_TIMEOUT = 60.0
@@ -87,7 +88,7 @@ class Session:
     """One agent session and everything that relays through it."""
 
     def __init__(self, agent_argv: list[str], bus: EventBus, *, dns: bool, outgoing: str,
-                 local_cidrs: list[Any]) -> None:
+                 local_cidrs: list[Any], agent: subprocess.Popen[bytes] | None = None) -> None:
         self.agent_argv = agent_argv
         self.bus = bus
         self.dns = dns
@@ -98,7 +99,7 @@ class Session:
         self.thread = threading.Thread(target=self._run_loop, name="mirrortrace-session",
                                        daemon=True)
         self.channel: Channel | None = None
-        self.agent: subprocess.Popen[bytes] | None = None
+        self.agent = agent
         self.agent_hello: p.Hello | None = None
         self.lost: str | None = None
         self.nodename: str | None = None
@@ -125,6 +126,8 @@ class Session:
 
     def start(self, timeout: float = HANDSHAKE_TIMEOUT) -> None:
         """Start the agent, shake hands, fetch the pod's view; or raise AgentStartError."""
+        if self.agent is None:
+            self.agent = spawn_agent(self.agent_argv)
         self.thread.start()
         fut = asyncio.run_coroutine_threadsafe(self._start(timeout), self.loop)
         try:
@@ -134,20 +137,7 @@ class Session:
             raise
 
     async def _start(self, timeout: float) -> None:
-        argv = self.agent_argv
-        try:
-            self.agent = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # Ctrl-C is for COMMAND, not for the agent
-            )
-        except OSError as exc:
-            raise AgentStartError(
-                f"cannot start the agent command {argv[0]!r}: {exc.strerror}",
-                "check --agent-exec (or MIRRORTRACE_AGENT_EXEC)",
-            ) from None
+        assert self.agent is not None
         self.channel = Channel("supervisor", software=f"mirrortrace {__version__}")
         await self.channel.open_pipes(self.agent.stdout, self.agent.stdin)
         await self.loop.connect_read_pipe(lambda: _AgentLog(self), self.agent.stderr)
@@ -190,6 +180,9 @@ class Session:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
         if self.agent is not None:
+            for pipe in (self.agent.stdin, self.agent.stdout, self.agent.stderr):
+                if pipe is not None:
+                    pipe.close()  # EOF: an agent that never got our hello exits too
             try:
                 self.agent.wait(timeout=3)
             except subprocess.TimeoutExpired:
@@ -255,19 +248,26 @@ class Session:
     # --- the pod's view: resolver files and hostname ------------------------------------
 
     async def _fetch_pod_view(self) -> None:
+        """The pod's hostname and resolver files, asked for all at once."""
         assert self.channel is not None
-        uname = await self.channel.request(p.Uname())
+        paths = RESOLVER_FILES if self.dns else ()
+        uname, *files = await asyncio.gather(
+            self.channel.request(p.Uname()),
+            *(self.channel.request(p.ReadFile(path=path)) for path in paths),
+        )
         if isinstance(uname, p.UnameReply):
             self.nodename = uname.nodename
         if not self.dns:
             return
-        for path in RESOLVER_FILES:
-            reply = await self.channel.request(p.ReadFile(path=path))
+        for path, reply in zip(paths, files, strict=True):
             if isinstance(reply, p.FileData):
                 self._serve_file(path, reply.blob)
                 if path == "/etc/resolv.conf":
                     conf = parse_resolv_conf(reply.blob.decode(errors="replace"))
                     self.policy.nameservers = list(conf.nameservers)
+            else:
+                self.bus.notice(f"mirrortrace: the pod has no readable {path}; using this "
+                                "machine's")
         if self.nodename:
             if b"/etc/hostname" not in self.pod_files:
                 self._serve_file("/etc/hostname", f"{self.nodename}\n".encode())

@@ -193,3 +193,26 @@ def test_agent_refuses_a_target_pid_that_does_not_exist() -> None:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "no process 999999999" in out.stderr
+
+
+def test_agent_serves_over_one_socket_as_stdin_and_stdout() -> None:
+    """socat and unix-socket bridges hand the agent a socket, not two pipes."""
+    ours, theirs = socket.socketpair()
+    with ours, subprocess.Popen(AGENT, stdin=theirs, stdout=theirs) as proc:
+        theirs.close()
+
+        async def main() -> None:
+            ch = Channel("supervisor")
+            await ch.open_socket(ours)
+            await ch.handshake(20)
+            for _ in range(3):  # more than one round trip: the first used to be the last
+                assert isinstance(await ch.request(p.Uname()), p.UnameReply)
+            ch.goodbye()
+            await asyncio.sleep(0)
+
+        try:
+            asyncio.run(asyncio.wait_for(main(), 30))
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
