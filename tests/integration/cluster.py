@@ -60,6 +60,8 @@ TIMEOUT_NET = "198.18.9.0/24"  # routed into eth0, which drops it: ETIMEDOUT aft
 TIMEOUT_IP = "198.18.9.1"
 UNREACHABLE_NET = "198.18.5.0/24"  # `unreachable` route: EHOSTUNREACH at once
 UNREACHABLE_IP = "198.18.5.1"
+BLACKHOLE_NET = "198.18.8.0/24"  # `blackhole` route: Linux fails connect() at once with EINVAL
+BLACKHOLE_IP = "198.18.8.1"
 POD_HOSTNAME = "web-7d9f-abcde"
 NAMESPACE = "default"
 WEB_FQDN = "web.default.svc.cluster.local"
@@ -84,6 +86,8 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def expected_bytes_sha256(n: int) -> str:
     """sha256 hex of what ``GET /bytes/N`` returns, computed locally (see podweb.py)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
     from podweb import deterministic_chunks  # same directory; pure standard library
 
     digest = hashlib.sha256()
@@ -192,6 +196,8 @@ class Cluster:
 
     def __init__(self) -> None:
         self.suffix = secrets.token_hex(2)
+        while Path("/run/netns", f"mt-pod-{self.suffix}").exists():
+            self.suffix = secrets.token_hex(2)
         self.pod_ns = f"mt-pod-{self.suffix}"
         self.laptop_ns = f"mt-laptop-{self.suffix}"
         self.python = sys.executable
@@ -282,6 +288,7 @@ class Cluster:
         # real timeout the SYNs must vanish, so route them into eth0, which drops them.
         _sh([*ip, "route", "add", TIMEOUT_NET, "dev", "eth0"])
         _sh([*ip, "route", "add", "unreachable", UNREACHABLE_NET])
+        _sh([*ip, "route", "add", "blackhole", BLACKHOLE_NET])
         _sh(["ip", "netns", "exec", pod, "sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1"])
         _sh(["ip", "netns", "exec", lap, "sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1"])
         self._start_web()
@@ -355,13 +362,15 @@ class Cluster:
         for proc in [*self._spawned, *self._procs, self._bridge]:
             if proc is None or proc.poll() is not None:
                 continue
+            if proc in self._spawned:
+                _kill_tree(proc.pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if proc in self._spawned:
-                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        for proc in [*self._spawned, *self._procs]:
+        for proc in [*self._spawned, *self._procs, self._bridge]:
+            if proc is None:
+                continue
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
                 if pipe is not None:
                     with contextlib.suppress(OSError):
@@ -491,8 +500,7 @@ class Cluster:
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             return proc.wait(timeout=10)
 
     def pod_run(
@@ -541,33 +549,46 @@ class Cluster:
         return self._unpriv.ensure()
 
     def agent_exec_unprivileged(self) -> str:
-        """An --agent-exec for unprivileged supervisors: ``socat`` to a root-side bridge.
+        """An --agent-exec for unprivileged supervisors, through a root-side socket bridge.
 
-        ``ip netns exec`` needs root, so a root ``socat`` listens on a unix socket (mode 666)
-        and starts the normal agent command for each connection; the user's supervisor only
-        connects to it. Exactly like reaching an agent through ``kubectl exec``.
+        ``ip netns exec`` needs root, so a root ``agent_bridge.py --serve`` listens on a unix
+        socket (mode 666) and starts the normal agent command for each connection; the
+        user's supervisor runs ``agent_bridge.py SOCKET``, which relays its stdin/stdout to
+        that socket. Exactly like reaching an agent through ``kubectl exec -i``.
         """
-        if not shutil.which("socat"):
-            pytest.skip("unprivileged runs need socat (apt-get install socat)")
         sock = self.tmp / "agent.sock"
+        client = self.tmp / "agent_bridge.py"  # world-readable copy
         if self._bridge is None or self._bridge.poll() is not None:
-            script = self.tmp / "agent.sh"
-            script.write_text(f"#!/bin/sh\nexec {self.agent_exec}\n")
-            os.chmod(script, 0o755)
-            listen = f"UNIX-LISTEN:{sock},fork,mode=666,unlink-early"
+            shutil.copy(HERE / "agent_bridge.py", client)
+            os.chmod(client, 0o644)
+            argv = [self.python, "-I", "-S", str(client), "--serve", str(sock), *self.agent_argv]
             with open(self.tmp / "bridge.log", "ab") as log:
                 self._bridge = subprocess.Popen(
-                    ["socat", "-t", "10", listen, f"EXEC:{script},pipes"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log
                 )
-            deadline = time.monotonic() + 10
-            while not sock.exists():
-                if self._bridge.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"agent socket bridge did not start: {self.tmp}/bridge.log")
-                time.sleep(0.02)
-        return shlex.join(["socat", "-t", "10", "-", f"UNIX-CONNECT:{sock}"])
+            assert self._bridge.stdout is not None
+            ready = self._bridge.stdout.readline()
+            self._bridge.stdout.close()
+            if ready.strip() != b"ready":
+                raise RuntimeError(f"agent socket bridge did not start: {self.tmp}/bridge.log")
+        python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else self.python
+        return shlex.join([python, "-I", "-S", str(client), str(sock)])
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process, its process group and every descendant (the supervisor starts the
+    agent in a session of its own, so the process group alone would miss it)."""
+    try:
+        import psutil
+
+        family = psutil.Process(pid).children(recursive=True)
+    except Exception:  # psutil missing or the process already gone
+        family = []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for child in family:
+        with contextlib.suppress(Exception):
+            child.kill()
 
 
 def _user(user: str | int) -> pwd.struct_passwd:
@@ -600,8 +621,7 @@ def _run_captured(
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid)
         try:
             out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
@@ -654,16 +674,16 @@ class UnprivilegedPython:
         self._copy_tree(src)
         venv = self.root / "venv"
         python = str(venv / "bin" / "python")
-        # Fast path (~15 s instead of ~25): an empty venv filled by this interpreter's pip
-        # (--python needs pip >= 22.3) without byte-compiling, then compile everything but
-        # kubernetes' 75 MB of generated models, which the supervisor imports lazily if at all.
+        # Fast path: an empty venv filled by this interpreter's pip (--python needs
+        # pip >= 22.3) without byte-compiling, then compile everything but the 75 MB
+        # kubernetes client, which only --target runs import (never done as another user).
         _sh([base, "-m", "venv", "--without-pip", str(venv)], timeout=120)
         quiet = ["install", "-q", "--no-input"]
         fast = [sys.executable, "-m", "pip", "--python", python, *quiet, "--no-compile", str(src)]
         proc = subprocess.run(fast, capture_output=True, text=True, timeout=600)
         if proc.returncode == 0:
             site = next((venv / "lib").glob("python3*/site-packages"))
-            skip = r"kubernetes/(client/models|test)"
+            skip = r"site-packages/kubernetes/"
             _sh([python, "-m", "compileall", "-q", "-j0", "-x", skip, str(site)], check=False)
         else:
             first_error = proc.stderr

@@ -12,10 +12,12 @@ import json
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster import (
+    BLACKHOLE_IP,
     DB_FQDN,
     DB_IP,
     DNS_IP,
@@ -164,6 +166,8 @@ def test_connect_errors_in_pod(cluster: Cluster) -> None:
     assert refused.stdout.strip() == "ECONNREFUSED"
     unreachable = cluster.pod_run(connect_errno_script(UNREACHABLE_IP, 80))
     assert unreachable.stdout.strip() == "EHOSTUNREACH"
+    blackhole = cluster.pod_run(connect_errno_script(BLACKHOLE_IP, 80))
+    assert blackhole.stdout.strip() == "EINVAL"
     start = time.monotonic()
     timeout = cluster.pod_run(connect_errno_script(TIMEOUT_IP, 80), timeout=20)
     elapsed = time.monotonic() - start
@@ -171,13 +175,26 @@ def test_connect_errors_in_pod(cluster: Cluster) -> None:
     assert 2 < elapsed < 10
 
 
-def test_run_timeout_kills_and_fails(cluster: Cluster) -> None:
+def test_run_timeout_kills_and_fails(cluster: Cluster, tmp_path: Path) -> None:
     from cluster import _run_captured
 
+    pidfile = tmp_path / "pid"
+    # The grandchild leaves the process group, as the supervisor's agent does.
+    script = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 30' & sleep 30"
     start = time.monotonic()
     with pytest.raises(pytest.fail.Exception, match="timed out after 0.5 s"):
-        _run_captured(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.5, env=None, input=None)
+        _run_captured(["sh", "-c", script], timeout=0.5, env=None, input=None)
     assert time.monotonic() - start < 5
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break  # dead, waiting to be reaped
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"process {pid} outside the process group survived the timeout")
 
 
 def test_agent_exec_enters_the_pod(cluster: Cluster) -> None:
