@@ -1,7 +1,7 @@
 """The network side of a run: the agent, the channel, the relays, in one asyncio thread.
 
 The tracer thread never blocks on the network. It asks the session for things
-(`open_tcp`, `prepare_udp`) and gets a concurrent Future back; the thread that
+(`open_tcp`) and gets a concurrent Future back; the thread that
 made the syscall stays parked until the Future completes, and `waker(tid)` turns
 that completion into a wake-up the tracer's poll() sees.
 
@@ -52,36 +52,34 @@ Addr = tuple[str, int]
 
 @dataclass
 class UdpSource:
-    """A program socket that sends diverted datagrams, as the relays see it."""
+    """A program socket that sends diverted datagrams, as the relays see it.
 
-    bridge: DatagramBridge
+    Its pod-side UDP socket is opened on its first datagram, so a connect() of a
+    UDP socket (glibc does one per address to sort getaddrinfo results) costs no
+    round trip to the agent.
+    """
+
     pid: int
     comm: str
-    family: int
+    family: int  # the program socket's
+    bridge: DatagramBridge | None = None
+    waiting: list[tuple[Addr, bytes]] | None = None
 
 
 class UdpRelay(asyncio.DatagramProtocol):
     """A loopback socket standing for one remote address."""
 
-    def __init__(self, session: Session, remote: Addr, family: int) -> None:
+    def __init__(self, session: Session, remote: Addr, addr: Addr) -> None:
         self.session = session
         self.remote = remote
-        self.family = family
+        self.addr = addr
         self.transport: asyncio.DatagramTransport | None = None
-        self.addr: Addr = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, src: Any) -> None:
-        source = self.session.udp_sources.get((src[0], src[1]))
-        if source is None:
-            return  # not one of the traced program's sockets
-        if self.remote[1] == 53:
-            self.session.dns_query_seen(source, self.remote, data)
-        source.bridge.channel.send(
-            p.FrameType.DATAGRAM, source.bridge.sid, p.pack_addr(*self.remote) + data
-        )
+        self.session.udp_forward((src[0], src[1]), self.remote, data)
 
 
 class Session:
@@ -328,6 +326,10 @@ class Session:
         """The program socket with local address `peer` is about to connect to us."""
         self.tcp_expected[peer] = (bridge, remote)
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run fn in the session thread after delay seconds (from any thread)."""
+        self.loop.call_soon_threadsafe(self.loop.call_later, delay, fn)
+
     def abandon_tcp(self, bridge: TcpBridge) -> None:
         self.loop.call_soon_threadsafe(bridge.close)
 
@@ -356,66 +358,90 @@ class Session:
 
     # --- UDP ----------------------------------------------------------------------------
 
-    def udp_ready(self, src: Addr, remote: Addr, family: int) -> Addr | None:
-        """The relay address for remote if everything is in place already (fast path)."""
-        relay = self.udp_relays.get((remote, family))
-        if relay is not None and src in self.udp_sources:
-            return relay.addr
-        return None
-
-    def prepare_udp(self, src: Addr, remote: Addr, family: int, pid: int, comm: str
-                    ) -> concurrent.futures.Future[Any]:
-        """Make sure datagrams from src to remote's relay go out from the pod.
-
-        Resolves to the relay address (host, port) or an ErrorReply.
-        """
-        return asyncio.run_coroutine_threadsafe(
-            self._prepare_udp(src, remote, family, pid, comm), self.loop
-        )
-
-    async def _prepare_udp(self, src: Addr, remote: Addr, family: int, pid: int, comm: str
-                           ) -> Addr | p.ErrorReply:
-        if self.channel is None or not self.channel.is_open:
-            return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
+    def udp_relay(self, remote: Addr, family: int) -> tuple[Addr, str]:
+        """The loopback address standing for `remote`, as a socket of `family` writes it,
+        and the loopback host the relay will see that socket's datagrams come from."""
         relay = self.udp_relays.get((remote, family))
         if relay is None:
-            relay = UdpRelay(self, remote, family)
-            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.bind((host, 0))
-            relay.addr = sock.getsockname()[:2]
-            await self.loop.create_datagram_endpoint(lambda: relay, sock=sock)
+            relay = self._new_udp_relay(remote, family)
             self.udp_relays[(remote, family)] = relay
-            self.udp_remote[relay.addr] = remote
-        if src not in self.udp_sources:
-            rfam = 6 if ":" in remote[0] else 4
-            bridge = DatagramBridge(
-                self.channel, lambda h, pt, d, s=src: self._udp_reply(s, h, pt, d)
-            )
+        host, port = relay.addr
+        if family == socket.AF_INET6 and "." in host:
+            return ("::ffff:" + host, port), host
+        return relay.addr, host
+
+    def _new_udp_relay(self, remote: Addr, family: int) -> UdpRelay:
+        sock = None
+        if family == socket.AF_INET6:
             try:
-                reply = await self.channel.request(p.UdpOpen(family=rfam), endpoint=bridge)
-            except ChannelClosed:
-                return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
-            if isinstance(reply, p.ErrorReply):
-                return reply
-            self.udp_sources[src] = UdpSource(bridge, pid, comm, family)
-        return relay.addr
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                sock.bind(("::1", 0))
+            except OSError:  # no IPv6 loopback: v4-mapped addresses reach the v4 relay
+                if sock is not None:
+                    sock.close()
+                sock = None
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        relay = UdpRelay(self, remote, sock.getsockname()[:2])
+        self.udp_remote[relay.addr] = remote
+
+        def register() -> None:
+            self.loop.create_task(self.loop.create_datagram_endpoint(lambda: relay, sock=sock))
+
+        self.loop.call_soon_threadsafe(register)
+        return relay
+
+    def udp_source(self, src: Addr, pid: int, comm: str, family: int) -> None:
+        """Datagrams from `src` reaching a relay come from the traced program: forward them."""
+        if src not in self.udp_sources:
+            self.udp_sources[src] = UdpSource(pid, comm, family)
+
+    def udp_forward(self, src: Addr, remote: Addr, data: bytes) -> None:
+        source = self.udp_sources.get(src)
+        if source is None or self.channel is None or not self.channel.is_open:
+            return  # not the traced program's, or the agent is gone: dropped, like a network
+        if remote[1] == 53:
+            self.dns_query_seen(source, remote, data)
+        if source.bridge is not None:
+            self.channel.send(
+                p.FrameType.DATAGRAM, source.bridge.sid, p.pack_addr(*remote) + data
+            )
+        elif source.waiting is not None:
+            source.waiting.append((remote, data))
+        else:
+            source.waiting = [(remote, data)]
+            self.loop.create_task(self._open_udp_stream(src, source, remote))
+
+    async def _open_udp_stream(self, src: Addr, source: UdpSource, remote: Addr) -> None:
+        assert self.channel is not None
+        bridge = DatagramBridge(self.channel, lambda h, pt, d: self._udp_reply(src, h, pt, d))
+        try:
+            reply = await self.channel.request(
+                p.UdpOpen(family=6 if ":" in remote[0] else 4), endpoint=bridge
+            )
+        except ChannelClosed:
+            return
+        waiting, source.waiting = source.waiting or [], None
+        if isinstance(reply, p.ErrorReply):
+            return  # the pod could not open a UDP socket: the datagrams are lost
+        source.bridge = bridge
+        for dest, data in waiting:
+            self.channel.send(p.FrameType.DATAGRAM, bridge.sid, p.pack_addr(*dest) + data)
 
     def _udp_reply(self, src: Addr, host: str, port: int, data: bytes) -> None:
         source = self.udp_sources.get(src)
         if source is None:
             return
         relay = self.udp_relays.get(((host, port), source.family))
+        if relay is None:
+            relay = self.udp_relays.get(((host, port), _other(source.family)))
         if relay is None or relay.transport is None:
             return  # a reply from an address the program never wrote to
         if port == 53:
             self.dns_reply_seen(src, (host, port), data)
         relay.transport.sendto(data, src)
-
-    def forget_udp_source(self, src: Addr) -> None:
-        source = self.udp_sources.pop(src, None)
-        if source is not None:
-            self.loop.call_soon_threadsafe(self.channel.reset, source.bridge.sid)  # type: ignore[union-attr]
 
     # --- DNS events ---------------------------------------------------------------------
 
@@ -461,6 +487,10 @@ class _AgentLog(asyncio.Protocol):
             if line:
                 self.session._stderr_tail.append(line)
                 self.session.bus.notice(f"agent: {line}")
+
+
+def _other(family: int) -> int:
+    return socket.AF_INET if family == socket.AF_INET6 else socket.AF_INET6
 
 
 def _unmap(host: str) -> str:

@@ -284,7 +284,10 @@ class Tracer:
             self._parked.discard(tid)
             exc = fut.exception()
             result = exc if exc is not None else fut.result()
-            self._apply(th, parked.call, parked.then(parked.call, result))
+            try:
+                self._apply(th, parked.call, parked.then(parked.call, result))
+            except ProcessLookupError:
+                pass  # killed while parked (SIGKILL wakes a ptrace-stopped thread): exit follows
 
     # --- stops --------------------------------------------------------------------------
 
@@ -377,28 +380,29 @@ class Tracer:
             self._on_status(child, status)
 
     def _on_exec(self, th: Thread) -> None:
-        former = k.event_msg(th.tid)
+        """A new program in this process: new memory, and only one thread left.
+
+        When a non-leader thread execs, the kernel reports the exec under the
+        leader's tid (the thread takes it over; GETEVENTMSG has its old tid) and
+        every other thread is gone (de_thread), so whatever state the old
+        leader's entry held is stale.
+        """
         proc = th.proc
-        # Every other thread of the group is gone now (de_thread); a non-leader that
-        # exec'd has taken the leader's tid.
         for tid in list(proc.threads):
             if tid != th.tid:
-                other = self.threads.pop(tid, None)
+                self.threads.pop(tid, None)
                 proc.threads.discard(tid)
                 self._parked.discard(tid)
-                if other is not None and other.tid == former:
-                    th.exit = None
-        if former != th.tid:
-            self.threads.pop(former, None)
+                self._group_stopped.discard(tid)
+        th.exit = None
+        th.parked = None
+        th.slot = None
+        self._parked.discard(th.tid)
         old_mm = proc.mm
         proc.mm = AddressSpace(th.tid)
-        if old_mm.opener == proc.tgid or all(
-            t.proc.mm is not old_mm for t in self.threads.values()
-        ):
-            old_mm.close()
+        if all(t.proc.mm is not old_mm for t in self.threads.values()):
+            old_mm.close()  # a vfork parent may still share it
         proc.exec_happened()
-        th.exit = None
-        th.slot = None
         k.cont(th.tid)
 
     def _on_syscall_entry(self, th: Thread) -> None:
@@ -522,7 +526,10 @@ class Tracer:
                 self._parked.discard(tid)
                 continue
             if k.deliverable_signal_pending(tid):
-                self._interrupt(th)
+                try:
+                    self._interrupt(th)
+                except ProcessLookupError:
+                    pass  # it was SIGKILL: the thread is gone and its exit follows
 
     def _interrupt(self, th: Thread) -> None:
         """Break off a parked call because a signal wants the thread.

@@ -21,7 +21,6 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any
 
 from agent_image import protocol as p
@@ -82,16 +81,16 @@ def _errno_of(reply: Any) -> int:
     return errno.ECONNREFUSED  # the channel is gone: like a network that refuses
 
 
-def _ensure_bound(sock: socket.socket) -> Addr:
-    """Bind an unbound socket (as the kernel's autobind would) and say how the relay
-    will see it: a wildcard address shows up as the loopback address."""
+def _ensure_bound(sock: socket.socket, loopback: str) -> Addr:
+    """Bind an unbound socket (as the kernel's autobind would) and say how our relay,
+    listening on `loopback`, will see it: a wildcard address shows up as loopback."""
     host, port = sock.getsockname()[:2]
     if port == 0:
         sock.bind((_WILDCARD[sock.family], 0))
         host, port = sock.getsockname()[:2]
     host = _unmap(host)
     if host in ("0.0.0.0", "::"):
-        host = _LOOPBACK[sock.family]
+        host = loopback
     return host, port
 
 
@@ -138,39 +137,56 @@ def connect(call: Call, session: Session) -> Outcome:
 
 def _connect_tcp(call: Call, session: Session, sock: socket.socket, addr: SockAddr,
                  reason: str) -> Outcome:
-    try:
-        sock.getpeername()
-        sock.close()
-        return PASS  # already connected: the kernel's EISCONN/EALREADY is the answer
-    except OSError:
-        pass
+    fd = call.args[0]
+    with sock:
+        try:
+            sock.getpeername()
+            return PASS  # already connected: the kernel's EISCONN is the answer
+        except OSError:
+            pass
+        key = os.fstat(sock.fileno()).st_ino
     remote = addr.unmapped()
-    key = os.fstat(sock.fileno()).st_ino
+    target = (remote.host, remote.port)
+    # A connect that a signal broke off and the program retries (SA_RESTART, or
+    # its own EINTR loop) waits for the pod-side connect already under way.
     inflight = session.tcp_inflight.get(key)
-    if inflight is None or inflight[1] != (remote.host, remote.port):
+    if inflight is None or inflight[1] != target:
         fut = session.open_tcp(remote.host, remote.port)
-        inflight = (fut, (remote.host, remote.port))
+        inflight = (fut, target)
         session.tcp_inflight[key] = inflight
+        # ...and one never retried must not hold its pod-side stream forever.
+        fut.add_done_callback(
+            lambda f: session.call_later(30, lambda: _drop_stale(session, key, f))
+        )
     fut = inflight[0]
 
     def then(c: Call, reply: Any) -> Outcome:
         session.tcp_inflight.pop(key, None)
-        try:
-            if isinstance(reply, BaseException) or isinstance(reply, p.ErrorReply):
-                err = _errno_of(reply)
-                _connect_event(session, c, addr, "agent", -err, reason)
-                return Return(-err)
-            return _attach_relay(c, session, sock, addr, reply, reason)
-        finally:
-            sock.close()
+        if isinstance(reply, BaseException | p.ErrorReply):
+            err = _errno_of(reply)
+            _connect_event(session, c, addr, "agent", -err, reason)
+            return Return(-err)
+        again = _open_dup(c, fd)
+        if again is None:
+            session.abandon_tcp(reply)
+            return Return(-errno.EBADF)
+        with again:
+            return _attach_relay(c, session, again, addr, reply, reason)
 
     def abandon() -> None:
         session.tcp_inflight.pop(key, None)
-        sock.close()
-        if fut.done() and not isinstance(fut.result(), p.ErrorReply | BaseException):
+        if fut.done() and fut.exception() is None and not isinstance(fut.result(), p.ErrorReply):
             session.abandon_tcp(fut.result())
 
     return Park(fut, then, abandon)
+
+
+def _drop_stale(session: Session, key: int, fut: Any) -> None:
+    entry = session.tcp_inflight.get(key)
+    if entry is not None and entry[0] is fut:
+        session.tcp_inflight.pop(key, None)
+        if fut.exception() is None and not isinstance(fut.result(), p.ErrorReply):
+            session.abandon_tcp(fut.result())
 
 
 def _attach_relay(call: Call, session: Session, sock: socket.socket, addr: SockAddr,
@@ -185,7 +201,7 @@ def _attach_relay(call: Call, session: Session, sock: socket.socket, addr: SockA
         return Return(-errno.ENETUNREACH)
     _, relay = where
     try:
-        peer = _ensure_bound(sock)
+        peer = _ensure_bound(sock, _unmap(relay[0]))
         remote = addr.unmapped()
         session.expect_tcp(peer, bridge, (remote.host, remote.port))
         _connect_nowait(sock, relay)
@@ -218,83 +234,68 @@ def _connect_nowait(sock: socket.socket, relay: Addr) -> None:
 
 def _connect_udp(call: Call, session: Session, sock: socket.socket, addr: SockAddr,
                  reason: str) -> Outcome:
-    remote = addr.unmapped()
-    target = (remote.host, remote.port)
-    try:
-        src = _ensure_bound(sock)
-    except OSError as exc:
-        sock.close()
-        return Return(-(exc.errno or errno.EIO))
-
-    def finish(c: Call, relay: Any) -> Outcome:
+    with sock:
+        found = _udp_route(call, session, sock, addr)
+        if isinstance(found, Return):
+            return found
+        relay, _ = found
         try:
-            if not isinstance(relay, tuple):
-                err = _errno_of(relay)
-                _connect_event(session, c, addr, "agent", -err, reason)
-                return Return(-err)
-            try:
-                sock.connect(relay)
-            except OSError as exc:
-                return Return(-(exc.errno or errno.EIO))
-            session.emit(c, "udp", str(addr), "agent", 0, detail={"rule": reason})
-            return Return(0)
-        finally:
-            sock.close()
-
-    return _with_udp_relay(call, session, src, target, sock.family, finish)
+            sock.connect(relay)
+        except OSError as exc:
+            return Return(-(exc.errno or errno.EIO))
+    session.emit(call, "udp", str(addr), "agent", 0, detail={"rule": reason})
+    return Return(0)
 
 
-def _with_udp_relay(call: Call, session: Session, src: Addr, target: Addr, family: int,
-                    finish: Callable[[Call, Any], Outcome]) -> Outcome:
-    relay = session.udp_ready(src, target, family)
-    if relay is not None:
-        return finish(call, relay)
-    fut = session.prepare_udp(src, target, family, call.tgid, call.comm)
-    return Park(fut, finish)
+def _udp_route(call: Call, session: Session, sock: socket.socket, addr: SockAddr
+               ) -> tuple[Addr, Addr] | Return:
+    """The relay standing for addr, and the program socket's address as it sees it.
+
+    Registers the socket as a source of the traced program; the pod-side socket
+    is opened when its first datagram arrives, so this costs no round trip.
+    """
+    remote = addr.unmapped()
+    relay, loopback = session.udp_relay((remote.host, remote.port), sock.family)
+    try:
+        src = _ensure_bound(sock, loopback)
+    except OSError as exc:
+        return Return(-(exc.errno or errno.EIO))
+    session.udp_source(src, call.tgid, call.comm, sock.family)
+    return relay, src
 
 
 # --- unconnected sends -------------------------------------------------------------------
 
 
 def _diverted_dgram(call: Call, session: Session, fd: int, addr: SockAddr | None
-                    ) -> tuple[socket.socket, Addr, Addr] | None:
-    """For a datagram to a diverted destination: (our socket, program's src, remote)."""
+                    ) -> tuple[bytes, int] | Return | None:
+    """For a datagram to a diverted destination: the relay's sockaddr, encoded for the
+    program's socket, and that socket's family; None when nothing is to be done."""
     if addr is None or addr.family not in (AF_INET, AF_INET6):
         return None
     sock = _open_dup(call, fd)
     if sock is None:
         return None
-    if sock.type != socket.SOCK_DGRAM or not session.policy.decide_connect(
-        addr, sock.type
-    ).diverted:
-        sock.close()
-        return None
-    remote = addr.unmapped()
-    try:
-        src = _ensure_bound(sock)
-    except OSError:
-        sock.close()
-        return None
-    return sock, src, (remote.host, remote.port)
+    with sock:
+        if sock.type != socket.SOCK_DGRAM:
+            return None
+        if not session.policy.decide_connect(addr, sock.type).diverted:
+            return None
+        found = _udp_route(call, session, sock, addr)
+        if isinstance(found, Return):
+            return found
+        relay, _ = found
+        return encode_sockaddr(_as_family(relay, sock.family)), sock.family
 
 
 def sendto(call: Call, session: Session) -> Outcome:
     """Divert sendto(2) of a datagram to a pod address: the kernel sends it to the relay."""
     fd, ptr, length = call.args[0], call.args[4], call.args[5] & 0xFFFFFFFF
     found = _diverted_dgram(call, session, fd, _read_sockaddr(call, ptr, length))
-    if found is None:
-        return PASS
-    sock, src, target = found
-    family = sock.family
-    sock.close()
-
-    def finish(c: Call, relay: Any) -> Outcome:
-        if not isinstance(relay, tuple):
-            return Return(-_errno_of(relay))
-        encoded = encode_sockaddr(_as_family(relay, family))
-        return Rewrite({4: c.scratch(encoded), 5: len(encoded)})
-
-    return _with_udp_relay(call, session, src, target, family, finish)
+    if found is None or isinstance(found, Return):
+        return found or PASS
+    encoded, _ = found
+    return Rewrite({4: call.scratch(encoded), 5: len(encoded)})
 
 
 def sendmsg(call: Call, session: Session) -> Outcome:
@@ -306,23 +307,14 @@ def sendmsg(call: Call, session: Session) -> Outcome:
         return PASS
     name_ptr, name_len = struct.unpack_from("=QI", hdr, 0)
     found = _diverted_dgram(call, session, fd, _read_sockaddr(call, name_ptr, name_len))
-    if found is None:
-        return PASS
-    sock, src, target = found
-    family = sock.family
-    sock.close()
-
-    def finish(c: Call, relay: Any) -> Outcome:
-        if not isinstance(relay, tuple):
-            return Return(-_errno_of(relay))
-        encoded = encode_sockaddr(_as_family(relay, family))
-        # One scratch slot holds the copied msghdr followed by the relay's sockaddr.
-        base = c.scratch(bytes(hdr) + encoded)
-        struct.pack_into("=QI", hdr, 0, base + _MSGHDR_SIZE, len(encoded))
-        c.write(base, bytes(hdr))
-        return Rewrite({1: base})
-
-    return _with_udp_relay(call, session, src, target, family, finish)
+    if found is None or isinstance(found, Return):
+        return found or PASS
+    encoded, _ = found
+    # One scratch slot holds the copied msghdr followed by the relay's sockaddr.
+    base = call.scratch(bytes(hdr) + encoded)
+    struct.pack_into("=QI", hdr, 0, base + _MSGHDR_SIZE, len(encoded))
+    call.write(base, bytes(hdr))
+    return Rewrite({1: base})
 
 
 def sendmmsg(call: Call, session: Session) -> Outcome:
@@ -341,29 +333,19 @@ def sendmmsg(call: Call, session: Session) -> Outcome:
         return PASS
     name_ptr, name_len = struct.unpack_from("=QI", first, 0)
     found = _diverted_dgram(call, session, fd, _read_sockaddr(call, name_ptr, name_len))
-    if found is None:
-        return PASS
-    sock, src, target = found
-    family = sock.family
-    sock.close()
+    if found is None or isinstance(found, Return):
+        return found or PASS
+    encoded, _ = found
+    msg = bytearray(first) + bytes(_MMSGHDR_SIZE - _MSGHDR_SIZE)
+    base = call.scratch(bytes(msg) + encoded)
+    struct.pack_into("=QI", msg, 0, base + _MMSGHDR_SIZE, len(encoded))
+    call.write(base, bytes(msg))
 
-    def finish(c: Call, relay: Any) -> Outcome:
-        if not isinstance(relay, tuple):
-            return Return(-_errno_of(relay))
-        encoded = encode_sockaddr(_as_family(relay, family))
-        msg = bytearray(first) + bytes(_MMSGHDR_SIZE - _MSGHDR_SIZE)
-        base = c.scratch(bytes(msg) + encoded)
-        struct.pack_into("=QI", msg, 0, base + _MMSGHDR_SIZE, len(encoded))
-        c.write(base, bytes(msg))
+    def copy_len(e: ExitCall) -> None:
+        if e.result == 1:
+            e.write(vec + _MSGHDR_SIZE, e.read(base + _MSGHDR_SIZE, 4))
 
-        def copy_len(e: ExitCall) -> None:
-            if e.result == 1:
-                sent = e.read(base + _MSGHDR_SIZE, 4)
-                e.write(vec + _MSGHDR_SIZE, sent)
-
-        return Rewrite({1: base, 2: 1}, on_exit=copy_len)
-
-    return _with_udp_relay(call, session, src, target, family, finish)
+    return Rewrite({1: base, 2: 1}, on_exit=copy_len)
 
 
 # --- where addresses come back out -----------------------------------------------------------
