@@ -190,8 +190,18 @@ class Cluster:
     """The pod and laptop namespaces plus the services in the pod; see the module docstring.
 
     Create with :meth:`create` (a context manager); the ``cluster`` fixture does that once per
-    test session. Attributes tests use: ``pod_ns``, ``laptop_ns``, ``agent_exec``,
-    ``agent_argv``, ``python``, ``tmp``, ``web_log``, ``dns_log`` and the module constants.
+    test session. What tests use:
+
+    - ``run(argv, *, timeout=60, user=None, env=None, input=None, mt_args=(),
+      agent_exec=None, cwd=None, text=True)``: ``argv`` under ``mirrortrace run`` in the laptop
+    - ``spawn(argv, ...)`` / ``stop(proc)``: the same in the background
+    - ``pod_run(argv, ...)``: untraced in the pod (the reference behaviour)
+    - ``laptop_run(argv, ...)``: untraced in the laptop (the baseline that must fail)
+    - ``agent_exec`` (str), ``agent_argv``, ``pod_prefix``, ``agent_exec_unprivileged()``,
+      ``unprivileged_python()``, ``mirrortrace_argv(argv, ...)``, ``home_of(user)``
+    - ``pod_ns``, ``laptop_ns``, ``python``, ``repo``, ``tmp``, ``web_log`` (access log:
+      ``CLIENT METHOD PATH STATUS`` lines), ``dns_log`` (dnsmasq's query log), and the
+      module constants (``WEB_IP``, ``DNS_IP``, ``POD_HOSTNAME``, ...).
     """
 
     def __init__(self) -> None:
