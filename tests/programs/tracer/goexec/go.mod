@@ -1,0 +1,3 @@
+module mirrortrace/tests/goexec
+
+go 1.19
