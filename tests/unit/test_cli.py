@@ -35,16 +35,20 @@ def _no_ambient_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def runner_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Stand in for supervisor.runner: record the options, return 7."""
+    """Stand in for supervisor.runner and the agent: record the options, return 7."""
     calls: list[Any] = []
     module = type(sys)("supervisor.runner")
 
-    def run(opts: Any) -> int:
+    def run(opts: Any, agent: Any = None) -> int:
+        assert agent == ["spawned", opts.agent_argv]  # started before the engine loads
         calls.append(opts)
         return 7
 
     module.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "supervisor.runner", module)
+    import supervisor.transport
+
+    monkeypatch.setattr(supervisor.transport, "spawn_agent", lambda argv: ["spawned", argv])
     return calls
 
 
@@ -247,16 +251,22 @@ def test_local_agent_notice_is_json_with_ui_json(runner_calls: list[Any]) -> Non
     assert "using a local agent" in notice["message"]
 
 
-def test_runner_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = type(sys)("supervisor.runner")
-
-    def run(opts: Any) -> int:
+def test_runner_errors_are_one_line(runner_calls: list[Any], monkeypatch: pytest.MonkeyPatch
+                                    ) -> None:
+    def run(opts: Any, agent: Any = None) -> int:
         raise AgentStartError("agent exited with status 127 before the handshake")
 
-    module.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "supervisor.runner", module)
+    monkeypatch.setattr(sys.modules["supervisor.runner"], "run", run)
     line = one_error_line(invoke("run", "--agent-exec", "nope", "--", "true"))
     assert line.startswith("mirrortrace: agent exited with status 127 before the handshake; ")
+
+
+def test_an_agent_command_that_cannot_start_is_one_line() -> None:
+    line = one_error_line(invoke("run", "--agent-exec", "/nonexistent/agent", "--", "true"))
+    assert line == (
+        "mirrortrace: cannot start the agent command '/nonexistent/agent': No such file or "
+        "directory; check --agent-exec (or MIRRORTRACE_AGENT_EXEC)"
+    )
 
 
 def test_config_check_ok(tmp_path: Path) -> None:
@@ -375,14 +385,16 @@ def test_run_imports_nothing_heavy() -> None:
     code = """
 import sys, types
 fake = types.ModuleType("supervisor.runner")
-def run(opts):
+def run(opts, agent=None):
+    agent.kill()
+    agent.wait()
     heavy = ("rich", "kubernetes", "psutil", "pydantic", "ptrace")
     print(sorted(m for m in heavy if m in sys.modules))
     return 0
 fake.run = run
 sys.modules["supervisor.runner"] = fake
 from supervisor.cli import main
-main(["run", "--agent-exec", "x", "--local-cidr", "10.0.0.0/8", "--", "true"])
+main(["run", "--agent-exec", "sleep 5", "--local-cidr", "10.0.0.0/8", "--", "true"])
 """
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,4 +280,5 @@ def test_agent_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     empty = write(tmp_path, "", "empty.toml")
     opts = from_command_line(["true"], {}, empty)
     assert opts.agent_source == "local"
-    assert opts.agent_argv[-2:] == ["-m", "agent_image"]
+    assert opts.agent_argv[:3] == [sys.executable, "-I", "-S"]  # as in a pod: stdlib only
+    assert opts.agent_argv[-1].endswith("from agent_image.agent import main; main()")
