@@ -21,7 +21,7 @@ from agent_image import __version__
 from agent_image import protocol as p
 from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
 
-FEATURES = ("connect", "udp", "read_file", "uname")
+FEATURES = ("connect", "udp", "read_file", "uname", "source_for")
 
 
 class Agent:
@@ -38,6 +38,11 @@ class Agent:
             return await self.udp_open(sid, msg)
         if isinstance(msg, p.ReadFile):
             return self.read_file(msg)
+        if isinstance(msg, p.SourceFor):
+            family = socket.AF_INET6 if ":" in msg.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((msg.host, msg.port))  # a UDP connect only routes: no packet
+                return p.Source(host=probe.getsockname()[0])
         if isinstance(msg, p.Uname):
             u = os.uname()
             return p.UnameReply(

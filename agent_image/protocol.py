@@ -318,6 +318,24 @@ class UdpOpened(Message):
 
 @message
 @dataclass
+class SourceFor(Message):
+    """Which local address the pod's kernel would pick to reach host (for getsockname
+    and the RFC 6724 sorting glibc does with it)."""
+
+    op: ClassVar[str] = "source_for"
+    host: str
+    port: int
+
+
+@message
+@dataclass
+class Source(Message):
+    op: ClassVar[str] = "source"
+    host: str
+
+
+@message
+@dataclass
 class ReadFile(Message):
     """Read a small file whole (resolver files, hostname); the reply's blob holds it."""
 

@@ -108,6 +108,8 @@ class Session:
         self._woken: deque[tuple[int, concurrent.futures.Future[Any]]] = deque()
         self.tcp_expected: dict[Addr, tuple[TcpBridge, Addr]] = {}
         self.tcp_remote: dict[Addr, Addr] = {}  # program socket's local addr -> remote
+        self.tcp_local: dict[Addr, Addr | None] = {}  # ... -> its pod-side local addr
+        self._sources: dict[str, concurrent.futures.Future[Any]] = {}
         self.tcp_listeners: dict[int, tuple[socket.socket, Addr]] = {}
         self.tcp_inflight: dict[int, tuple[concurrent.futures.Future[Any], Addr]] = {}
         self.udp_relays: dict[tuple[Addr, int], UdpRelay] = {}
@@ -320,11 +322,31 @@ class Session:
             return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
         if isinstance(reply, p.ErrorReply):
             return reply
+        if isinstance(reply, p.Connected):
+            bridge.pod_local = (reply.local_host, reply.local_port)  # type: ignore[attr-defined]
         return bridge
 
     def expect_tcp(self, peer: Addr, bridge: TcpBridge, remote: Addr) -> None:
         """The program socket with local address `peer` is about to connect to us."""
         self.tcp_expected[peer] = (bridge, remote)
+
+    def source_for(self, host: str) -> concurrent.futures.Future[Any]:
+        """The pod's source address towards host (asked once per host): a str, or an
+        ErrorReply."""
+        fut = self._sources.get(host)
+        if fut is None:
+            fut = asyncio.run_coroutine_threadsafe(self._source_for(host), self.loop)
+            self._sources[host] = fut
+        return fut
+
+    async def _source_for(self, host: str) -> str | p.ErrorReply:
+        if self.channel is None or not self.channel.is_open:
+            return p.ErrorReply(errno="ENETUNREACH", message="the agent is gone")
+        try:
+            reply = await self.channel.request(p.SourceFor(host=host, port=9))
+        except ChannelClosed:
+            return p.ErrorReply(errno="ENETUNREACH", message="the agent is gone")
+        return reply.host if isinstance(reply, p.Source) else reply  # type: ignore[return-value]
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run fn in the session thread after delay seconds (from any thread)."""
@@ -348,10 +370,12 @@ class Session:
                 continue
             bridge, remote = expected
             self.tcp_remote[key] = remote
+            self.tcp_local[key] = getattr(bridge, "pod_local", None)
             conn.setblocking(False)
 
             def forget(key: Addr = key) -> None:
                 self.tcp_remote.pop(key, None)
+                self.tcp_local.pop(key, None)
 
             bridge._on_done = forget
             self.loop.create_task(self.loop.connect_accepted_socket(lambda b=bridge: b, conn))

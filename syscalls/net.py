@@ -460,6 +460,55 @@ def getpeername(call: Call, session: Session) -> Outcome:
     return Pass(on_exit=fix)
 
 
+def getsockname(call: Call, session: Session) -> Outcome:
+    """Pass through getsockname(2) of a diverted socket, showing the pod-side address.
+
+    In the pod the socket's address would be the pod's; glibc also sorts
+    getaddrinfo results (RFC 6724) by the source address a UDP connect to each
+    candidate gets, so this keeps that order the pod's.
+    """
+    if not session.tcp_local and not session.udp_sources:
+        return PASS
+    fd, ptr, len_ptr = call.args[0], call.args[1], call.args[2]
+    sock = _open_dup(call, fd)
+    if sock is None or sock.family not in (AF_INET, AF_INET6):
+        if sock is not None:
+            sock.close()
+        return PASS
+    with sock:
+        try:
+            local = sock.getsockname()
+            peer = sock.getpeername()
+        except OSError:
+            return PASS
+        family = sock.family
+    local_key = (_unmap(local[0]), local[1])
+    peer_key = (_unmap(peer[0]), peer[1])
+    capacity = _read_socklen(call, len_ptr)
+
+    def shown_as(pod_local: Addr) -> Pass:
+        def fix(e: ExitCall) -> None:
+            if e.result == 0:
+                e.write(ptr, encode_sockaddr(_as_family(pod_local, family))[:capacity])
+
+        return Pass(on_exit=fix)
+
+    if session.is_tcp_relay(peer_key):
+        pod_local = session.tcp_local.get(local_key)
+        return shown_as(pod_local) if pod_local else PASS
+    remote = session.udp_remote.get(peer_key)
+    if remote is None:
+        return PASS
+    fut = session.source_for(remote[0])
+
+    def then(c: Call, host: Any) -> Outcome:
+        return shown_as((host, local_key[1])) if isinstance(host, str) else PASS
+
+    if fut.done():
+        return then(call, fut.result())
+    return Park(fut, then)
+
+
 def listen(call: Call, session: Session) -> Outcome:
     """Pass through listen(2), showing the port the program now listens on."""
     fd = call.args[0]

@@ -37,6 +37,7 @@ TABLE: dict[str, Entry] = {
     "faccessat": Entry(resolver.faccessat, PARTIAL, "resolver files only (absolute paths)"),
     "faccessat2": Entry(resolver.faccessat, PARTIAL, "resolver files only (absolute paths)"),
     "getpeername": Entry(net.getpeername, FULL, "relay address replaced by the remote's"),
+    "getsockname": Entry(net.getsockname, FULL, "a diverted socket shows its pod-side address"),
     "io_uring_setup": Entry(None, REFUSED, "ENOSYS: io_uring would bypass the supervisor",
                             refuse=errno.ENOSYS),
     "listen": Entry(net.listen, FULL, "shown as a listen event"),
