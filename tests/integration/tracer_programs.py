@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ class TracerPrograms:
             out = self.dir / "regs_static"
             jobs["regs_static"] = ([*cmd, "-o", str(out), str(SOURCES / "regs.c")], None, None)
         go = shutil.which("go")
+        cache: Path | None = None
         if go is None:
             self.missing["goexec"] = "no Go toolchain (apt-get install golang-go)"
         else:
@@ -113,13 +115,27 @@ class TracerPrograms:
             jobs["goexec"] = (cmd, env, SOURCES / "goexec")
         with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
             futures = {name: pool.submit(_compile, *job) for name, job in jobs.items()}
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
         for name, fut in futures.items():
             error = fut.result()
             if error is None:
                 self._paths[name] = str(self.dir / name)
             else:
                 self.failed[name] = error
-        subprocess.run(["chmod", "-R", "a+rX", str(self.dir)], check=True)
+        _world_readable(self.dir)
+
+
+def _world_readable(top: Path) -> None:
+    """chmod -R a+rX: unprivileged runs execute the programs too."""
+    for root, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            extra = 0o555 if stat.S_ISDIR(mode) or mode & 0o111 else 0o444
+            os.chmod(path, stat.S_IMODE(mode) | extra)
 
 
 def _compile(cmd: list[str], env: dict[str, str] | None, cwd: Path | None) -> str | None:

@@ -5,7 +5,8 @@
  *                                 EINPROGRESS" (or 0), epoll for EPOLLOUT, "so_error 0",
  *                                 then GET /hello on it: "status 200", "body ..."
  *   connect_errors nb-fail IP PORT
- *                                 non-blocking connect; "result ERRNO" with "how
+ *                                 non-blocking connect; "connect_ms N" (how long the call
+ *                                 itself took, for people), "result ERRNO" with "how
  *                                 immediate" or "how so_error" (after EPOLLOUT)
  *   connect_errors block IP PORT  blocking connect; "connect 0" or "connect -1 ERRNO",
  *                                 then "elapsed_ms N" (printed for people, not asserted)
@@ -77,7 +78,12 @@ static int nb_fail(const char *ip, int port)
 {
 	struct sockaddr_in sin = inet4(ip, port);
 	int fd = nonblocking_socket();
-	if (connect(fd, (struct sockaddr *)&sin, sizeof sin) == 0) {
+	double t0 = now_ms();
+	int rc = connect(fd, (struct sockaddr *)&sin, sizeof sin);
+	int err = errno;
+	say("connect_ms %.0f\n", now_ms() - t0);
+	errno = err;
+	if (rc == 0) {
 		say("result 0\nhow immediate\n");
 		return 0;
 	}
