@@ -1,0 +1,3 @@
+module mirrortrace.test/gotcpdns
+
+go 1.19
