@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import fcntl
 import os
 import socket
 import subprocess
@@ -44,6 +46,7 @@ from supervisor.events import Event, EventBus
 from supervisor.policy import NetworkPolicy, parse_resolv_conf
 from supervisor.transport import spawn_agent
 from syscalls import dnswire
+from syscalls.net import ensure_bound
 
 HANDSHAKE_TIMEOUT = 60.0
 RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
@@ -112,6 +115,7 @@ class Session:
         self._sources: dict[str, concurrent.futures.Future[Any]] = {}
         self.tcp_listeners: dict[int, tuple[socket.socket, Addr]] = {}
         self.tcp_inflight: dict[int, tuple[concurrent.futures.Future[Any], Addr]] = {}
+        self.tcp_pending: set[Addr] = set()  # listeners standing for connects in progress
         self.udp_relays: dict[tuple[Addr, int], UdpRelay] = {}
         self.udp_remote: dict[Addr, Addr] = {}  # relay addr -> remote
         self.udp_sources: dict[Addr, UdpSource] = {}
@@ -306,7 +310,9 @@ class Session:
         return None
 
     def is_tcp_relay(self, addr: Addr) -> bool:
-        return any(listen_addr == addr for _, listen_addr in self.tcp_listeners.values())
+        return addr in self.tcp_pending or any(
+            listen_addr == addr for _, listen_addr in self.tcp_listeners.values()
+        )
 
     def open_tcp(self, host: str, port: int) -> concurrent.futures.Future[Any]:
         """Connect from the pod; resolves to a TcpBridge, or an ErrorReply."""
@@ -325,6 +331,110 @@ class Session:
         if isinstance(reply, p.Connected):
             bridge.pod_local = (reply.local_host, reply.local_port)  # type: ignore[attr-defined]
         return bridge
+
+    PENDING = object()  # what `within` gives when time ran out first
+
+    def within(self, fut: concurrent.futures.Future[Any], seconds: float
+               ) -> concurrent.futures.Future[Any]:
+        """fut's outcome (a result, or its exception as a value), or PENDING after seconds."""
+        out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def settle(value: Any) -> None:
+            if not out.done():
+                out.set_result(value)
+
+        fut.add_done_callback(lambda f: settle(f.exception() or f.result()))
+        self.loop.call_soon_threadsafe(self.loop.call_later, seconds, settle, self.PENDING)
+        return out
+
+    def start_pending(self, sock: socket.socket, remote: Addr,
+                      fut: concurrent.futures.Future[Any]) -> None:
+        """Leave the program's socket connecting until the pod answers (see _finish_pending).
+
+        It connects to a listener whose accept queue is full, so the kernel drops
+        its SYNs: the socket stays in SYN_SENT, not writable, SO_ERROR 0, exactly
+        what a program sees while a real handshake is under way. Takes `sock`.
+        """
+        family = sock.family
+        host = "::1" if family == socket.AF_INET6 and socket.AF_INET6 in self.tcp_listeners \
+            else "127.0.0.1"
+        lfam = socket.AF_INET6 if host == "::1" else socket.AF_INET
+        listener = socket.socket(lfam, socket.SOCK_STREAM)
+        filler = socket.socket(lfam, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind((host, 0))
+            listener.listen(0)
+            where = listener.getsockname()[:2]
+            filler.connect(where)  # backlog 0 holds one: from now on SYNs are dropped
+            app = ensure_bound(sock, host)
+            target = ("::ffff:" + where[0], where[1]) if lfam != family else where
+            flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
+            fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            try:
+                err = sock.connect_ex(target)
+            finally:
+                fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags)
+            if err != errno.EINPROGRESS:
+                raise OSError(err, os.strerror(err))
+        except OSError:
+            listener.close()
+            filler.close()
+            raise
+        self.tcp_pending.add(where)
+        pending = _Pending(sock, listener, filler, where, app, remote, lfam)
+        fut.add_done_callback(
+            lambda f: self.loop.call_soon_threadsafe(
+                lambda: self.loop.create_task(self._finish_pending(pending, f))
+            )
+        )
+
+    async def _finish_pending(self, pend: _Pending, fut: concurrent.futures.Future[Any]
+                              ) -> None:
+        """The pod answered a connect the program is waiting for in SYN_SENT.
+
+        Success: a socket bound to the very address the program is connecting to
+        connects back to it: a TCP simultaneous open (RFC 793 §3.4), so the
+        program's handshake completes at once and that socket is the relay end.
+        Refused: the listener goes away and the program's next SYN gets an RST
+        (ECONNREFUSED). Anything else: TCP_USER_TIMEOUT ends the program's
+        handshake at its next retransmission with ETIMEDOUT.
+        """
+        reply = fut.exception() or fut.result()
+        close_listener_in = 0.0
+        try:
+            if isinstance(reply, TcpBridge):
+                end = socket.socket(pend.family, socket.SOCK_STREAM)
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                end.bind(pend.where)
+                end.setblocking(False)
+                try:
+                    await asyncio.wait_for(self.loop.sock_connect(end, pend.app), 5)
+                except (OSError, TimeoutError):
+                    end.close()
+                    reply.close()  # the program gave up on this socket meanwhile
+                    return
+                self.tcp_remote[pend.app] = pend.remote
+                self.tcp_local[pend.app] = getattr(reply, "pod_local", None)
+
+                def forget(key: Addr = pend.app) -> None:
+                    self.tcp_remote.pop(key, None)
+                    self.tcp_local.pop(key, None)
+
+                reply._on_done = forget
+                await self.loop.connect_accepted_socket(lambda: reply, end)
+            elif not (isinstance(reply, p.ErrorReply) and reply.errno == "ECONNREFUSED"):
+                pend.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1)
+                close_listener_in = 10.0  # until then its SYNs must keep being dropped
+        finally:
+            pend.sock.close()
+            pend.filler.close()
+            if close_listener_in:
+                self.loop.call_later(close_listener_in, pend.close_listener, self)
+            else:
+                pend.close_listener(self)
 
     def expect_tcp(self, peer: Addr, bridge: TcpBridge, remote: Addr) -> None:
         """The program socket with local address `peer` is about to connect to us."""
@@ -494,6 +604,23 @@ class Session:
         self.bus.emit(Event(time.time(), source.pid, source.comm, "sendto", "dns", query,
                             f"agent {remote[0]}:{remote[1]}", result,
                             int((time.monotonic() - started) * 1e6), {"answer": desc}))
+
+
+@dataclass
+class _Pending:
+    """A program connect left in SYN_SENT while the pod answers (Session.start_pending)."""
+
+    sock: socket.socket  # our duplicate of the program's socket
+    listener: socket.socket
+    filler: socket.socket
+    where: Addr  # the listener's address: what the program is connecting to
+    app: Addr  # the program socket's address, as the listener sees it
+    remote: Addr
+    family: int
+
+    def close_listener(self, session: Session) -> None:
+        self.listener.close()
+        session.tcp_pending.discard(self.where)
 
 
 class _AgentLog(asyncio.Protocol):

@@ -42,6 +42,11 @@ _MAX_SOCKADDR = 128
 _LOOPBACK = {AF_INET: "127.0.0.1", AF_INET6: "::1"}
 _WILDCARD = {AF_INET: "0.0.0.0", AF_INET6: "::"}
 _RELAY_CONNECT_TIMEOUT = 2.0
+_TCP_CLOSE = 7  # tcpi_state of a socket that is neither connecting nor connected
+# How long a non-blocking connect waits for the pod before it gets EINPROGRESS:
+# long enough that a fast answer (a refused port) keeps its exact errno, short
+# enough that an event loop never stalls noticeably.
+NONBLOCKING_GRACE = 0.05
 
 Addr = tuple[str, int]
 
@@ -81,7 +86,7 @@ def _errno_of(reply: Any) -> int:
     return errno.ECONNREFUSED  # the channel is gone: like a network that refuses
 
 
-def _ensure_bound(sock: socket.socket, loopback: str) -> Addr:
+def ensure_bound(sock: socket.socket, loopback: str) -> Addr:
     """Bind an unbound socket (as the kernel's autobind would) and say how our relay,
     listening on `loopback`, will see it: a wildcard address shows up as loopback."""
     host, port = sock.getsockname()[:2]
@@ -139,12 +144,16 @@ def _connect_tcp(call: Call, session: Session, sock: socket.socket, addr: SockAd
                  reason: str) -> Outcome:
     fd = call.args[0]
     with sock:
-        try:
-            sock.getpeername()
-            return PASS  # already connected: the kernel's EISCONN is the answer
-        except OSError:
-            pass
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        if state != _TCP_CLOSE:
+            return PASS  # connecting or connected: the kernel's EALREADY/EISCONN is the answer
+        if sock.family == AF_INET6 and addr.is_v4_mapped and sock.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+        ):
+            return PASS  # Linux refuses it (ENETUNREACH); so will the local kernel
         key = os.fstat(sock.fileno()).st_ino
+        nonblocking = bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+        sec, usec = struct.unpack("qq", sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
     remote = addr.unmapped()
     target = (remote.host, remote.port)
     # A connect that a signal broke off and the program retries (SA_RESTART, or
@@ -159,8 +168,14 @@ def _connect_tcp(call: Call, session: Session, sock: socket.socket, addr: SockAd
             lambda f: session.call_later(30, lambda: _drop_stale(session, key, f))
         )
     fut = inflight[0]
+    # How long the program is prepared to wait: a non-blocking socket only briefly,
+    # a blocking one until SO_SNDTIMEO (as in the kernel), else until the pod answers.
+    limit = NONBLOCKING_GRACE if nonblocking else (sec + usec / 1e6) or None
+    waiter = fut if limit is None else session.within(fut, limit)
 
     def then(c: Call, reply: Any) -> Outcome:
+        if reply is session.PENDING:
+            return _connect_pending(c, session, fd, addr, fut, reason)
         session.tcp_inflight.pop(key, None)
         if isinstance(reply, BaseException | p.ErrorReply):
             err = _errno_of(reply)
@@ -178,7 +193,28 @@ def _connect_tcp(call: Call, session: Session, sock: socket.socket, addr: SockAd
         if fut.done() and fut.exception() is None and not isinstance(fut.result(), p.ErrorReply):
             session.abandon_tcp(fut.result())
 
-    return Park(fut, then, abandon)
+    return Park(waiter, then, abandon)
+
+
+def _connect_pending(call: Call, session: Session, fd: int, addr: SockAddr, fut: Any,
+                     reason: str) -> Outcome:
+    """The pod has not answered in the time the program waits: EINPROGRESS, as Linux.
+
+    The program's socket is left really connecting (SYN_SENT, so no POLLOUT yet)
+    to a loopback listener that drops its SYNs; the session completes it when the
+    pod answers (supervisor/session.py, finish_pending).
+    """
+    sock = _open_dup(call, fd)
+    if sock is None:
+        return Return(-errno.EBADF)
+    try:
+        remote = addr.unmapped()
+        session.start_pending(sock, (remote.host, remote.port), fut)
+    except OSError as exc:
+        sock.close()
+        return Return(-(exc.errno or errno.EIO))
+    _connect_event(session, call, addr, "agent", -errno.EINPROGRESS, reason)
+    return Return(-errno.EINPROGRESS)
 
 
 def _drop_stale(session: Session, key: int, fut: Any) -> None:
@@ -201,7 +237,7 @@ def _attach_relay(call: Call, session: Session, sock: socket.socket, addr: SockA
         return Return(-errno.ENETUNREACH)
     _, relay = where
     try:
-        peer = _ensure_bound(sock, _unmap(relay[0]))
+        peer = ensure_bound(sock, _unmap(relay[0]))
         remote = addr.unmapped()
         session.expect_tcp(peer, bridge, (remote.host, remote.port))
         _connect_nowait(sock, relay)
@@ -257,7 +293,7 @@ def _udp_route(call: Call, session: Session, sock: socket.socket, addr: SockAddr
     remote = addr.unmapped()
     relay, loopback = session.udp_relay((remote.host, remote.port), sock.family)
     try:
-        src = _ensure_bound(sock, loopback)
+        src = ensure_bound(sock, loopback)
     except OSError as exc:
         return Return(-(exc.errno or errno.EIO))
     session.udp_source(src, call.tgid, call.comm, sock.family)
