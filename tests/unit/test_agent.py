@@ -216,3 +216,24 @@ def test_agent_serves_over_one_socket_as_stdin_and_stdout() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_agent_given_garbage_says_so_and_exits() -> None:
+    """A malformed stream ends the session on the agent's side too, with a clear line."""
+    hello = p.Hello(version=p.VERSION, role="supervisor").to_payload()
+    stream = p.encode_frame(p.FrameType.HELLO, 0, hello) + b"\xff" * 9
+    out = subprocess.run(AGENT, input=stream, capture_output=True, timeout=30)
+    assert out.returncode == 1
+    assert b"protocol error from the supervisor: unknown frame type 255" in out.stderr
+    frames = p.FrameDecoder().feed(out.stdout)
+    assert [f.type for f in frames] == [p.FrameType.HELLO, p.FrameType.ERROR]
+
+
+def test_agent_given_a_truncated_frame_says_so_and_exits() -> None:
+    hello = p.Hello(version=p.VERSION, role="supervisor").to_payload()
+    stream = p.encode_frame(p.FrameType.HELLO, 0, hello) + p.encode_frame(
+        p.FrameType.REQUEST, 1, p.Uname().to_payload()
+    )[:-3]
+    out = subprocess.run(AGENT, input=stream, capture_output=True, timeout=30)
+    assert out.returncode == 1
+    assert b"in the middle of a frame" in out.stderr
