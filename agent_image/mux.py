@@ -217,6 +217,8 @@ class Channel:
                 self._dispatch(frame)
                 if self.closed.done():
                     return
+            if self._decoder.error is not None:
+                raise self._decoder.error
         except p.ProtocolError as exc:
             hint = ""
             if not self.peer_hello.done():

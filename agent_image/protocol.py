@@ -98,23 +98,27 @@ class FrameDecoder:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
+        """Whole frames so far. A bad header raises, unless good frames came before it
+        in this chunk: those are returned first and `error` is set (and raised by the
+        next call), so the caller sees everything valid before the garbage."""
+        if self.error is not None:
+            raise self.error
         self._buf += data
         frames: list[Frame] = []
         buf = self._buf
         pos = 0
         end = len(buf)
         while end - pos >= HEADER.size:
-            length, ftype, stream = HEADER.unpack_from(buf, pos)
-            if length > MAX_PAYLOAD:
-                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD} limit")
             try:
-                kind = FrameType(ftype)
-            except ValueError:
-                raise ProtocolError(f"unknown frame type {ftype}") from None
-            if (kind in _SESSION_ONLY) != (stream == 0):
-                raise ProtocolError(f"{kind.name} frame on stream {stream}")
+                length, kind, stream = self._header(buf, pos)
+            except ProtocolError as exc:
+                if not frames:
+                    raise
+                self.error = exc
+                break
             if end - pos - HEADER.size < length:
                 break
             start = pos + HEADER.size
@@ -123,6 +127,19 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return frames
+
+    @staticmethod
+    def _header(buf: bytearray, pos: int) -> tuple[int, FrameType, int]:
+        length, ftype, stream = HEADER.unpack_from(buf, pos)
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD} limit")
+        try:
+            kind = FrameType(ftype)
+        except ValueError:
+            raise ProtocolError(f"unknown frame type {ftype}") from None
+        if (kind in _SESSION_ONLY) != (stream == 0):
+            raise ProtocolError(f"{kind.name} frame on stream {stream}")
+        return length, kind, stream
 
     @property
     def pending(self) -> int:

@@ -224,7 +224,8 @@ def test_agent_given_garbage_says_so_and_exits() -> None:
     stream = p.encode_frame(p.FrameType.HELLO, 0, hello) + b"\xff" * 9
     out = subprocess.run(AGENT, input=stream, capture_output=True, timeout=30)
     assert out.returncode == 1
-    assert b"protocol error from the supervisor: unknown frame type 255" in out.stderr
+    assert b"protocol error from the supervisor: frame of 4294967295 bytes exceeds" in out.stderr
+    assert b"it began with" not in out.stderr  # the hello was fine: no stdout hint
     frames = p.FrameDecoder().feed(out.stdout)
     assert [f.type for f in frames] == [p.FrameType.HELLO, p.FrameType.ERROR]
 

@@ -51,6 +51,15 @@ def test_garbage_is_rejected_or_waits_never_crashes(data: bytes) -> None:
         pass
 
 
+def test_frames_before_garbage_are_delivered_then_the_error() -> None:
+    decoder = p.FrameDecoder()
+    good = p.encode_frame(p.FrameType.DATA, 1, b"ok")
+    assert decoder.feed(good + b"\xff" * 9) == [p.Frame(p.FrameType.DATA, 1, b"ok")]
+    assert decoder.error is not None
+    with pytest.raises(p.ProtocolError):
+        decoder.feed(b"")
+
+
 def test_an_oversized_frame_is_refused_before_its_payload_arrives() -> None:
     header = p.HEADER.pack(p.MAX_PAYLOAD + 1, p.FrameType.DATA, 1)
     with pytest.raises(p.ProtocolError, match="exceeds"):
