@@ -90,13 +90,15 @@ class Channel:
 
     async def open_pipes(self, read_file: Any, write_file: Any) -> None:
         """Run over a readable and a writable file object (pipes, sockets, ttys)."""
-        self._reader, _ = await self._loop.connect_read_pipe(
-            lambda: _ReadSide(self), read_file
-        )
+        # Writer first, hello queued before the reader exists: whatever arrives (even
+        # garbage) is then answered on a channel that can already speak.
         self._writer, _ = await self._loop.connect_write_pipe(
             lambda: _WriteSide(self), write_file
         )
         self._send_hello()
+        self._reader, _ = await self._loop.connect_read_pipe(
+            lambda: _ReadSide(self), read_file
+        )
 
     async def open_socket(self, sock: socket.socket) -> None:
         """Run over one connected stream socket (used by tests and the demo bridge)."""
