@@ -124,6 +124,14 @@ class FrameDecoder:
             start = pos + HEADER.size
             frames.append(Frame(kind, stream, bytes(buf[start : start + length])))
             pos = start + length
+        if not self.error and 4 <= end - pos < HEADER.size:
+            # Garbage shorter than a header must not wait for more: judge its length now.
+            (length,) = struct.unpack_from("!I", buf, pos)
+            if length > MAX_PAYLOAD:
+                exc = ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD} limit")
+                if not frames:
+                    raise exc
+                self.error = exc
         if pos:
             del buf[:pos]
         return frames

@@ -113,7 +113,7 @@ def _invoke(main: Any, args: Any, prog_name: str, complete_var: Any, extra: Any)
         )
     except MirrortraceError as err:
         _say(str(err))
-        return 2
+        return err.exit_status
     except click_errors.UsageError as err:
         if no_args_is_help is not None and isinstance(err, no_args_is_help):
             assert err.ctx is not None

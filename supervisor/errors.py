@@ -47,6 +47,8 @@ class MirrortraceError(Exception):
 
     default_hint: str | None = None
 
+    exit_status = 2
+
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -130,6 +132,11 @@ class TargetError(MirrortraceError):
 
 
 class CommandNotFoundError(MirrortraceError):
-    """COMMAND cannot be executed (missing, not executable, bad format)."""
+    """COMMAND cannot be executed (missing, not executable, bad format).
+
+    Exits 127 like a shell, `env` or `timeout` would, so scripts can tell "no
+    such program" from a usage error.
+    """
 
     default_hint = "check the command name and your PATH"
+    exit_status = 127

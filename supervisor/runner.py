@@ -78,6 +78,8 @@ class Child:
         self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
+            os.close(self._go_w)  # or closing ours would never reach it as EOF
+            os.close(self._err_r)
             _child(go_r, err_w, program, argv, env, bpf)
         os.close(go_r)
         os.close(err_w)
@@ -103,12 +105,13 @@ class Child:
         return int(data) if data else None
 
     def abort(self) -> None:
-        """COMMAND must never run: close the pipe and reap the child."""
-        os.close(self._go_w)
+        """COMMAND must never run: the child ends without exec'ing, and is reaped."""
+        os.close(self._go_w)  # EOF: the child exits by itself...
         os.close(self._err_r)
         try:
+            os.kill(self.pid, signal.SIGKILL)  # ...or now, whatever it was doing
             os.waitpid(self.pid, k.WALL)
-        except ChildProcessError:
+        except (ProcessLookupError, ChildProcessError):
             pass
 
 

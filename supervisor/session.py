@@ -173,7 +173,9 @@ class Session:
     _closing = False
 
     def close(self) -> None:
-        """End the session: goodbye to the agent, close relays, stop the thread."""
+        """End the session: goodbye to the agent, close relays, stop the thread (once)."""
+        if self._closing:
+            return
         self._closing = True
         if self.thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(self._close(), self.loop)
@@ -637,7 +639,9 @@ class _AgentLog(asyncio.Protocol):
             line = raw.decode(errors="replace").rstrip()
             if line:
                 self.session._stderr_tail.append(line)
-                self.session.bus.notice(f"agent: {line}")
+                if self.session.agent_hello is not None:
+                    # Before the handshake, lines go into the one error line instead.
+                    self.session.bus.notice(f"agent: {line}")
 
 
 def _other(family: int) -> int:

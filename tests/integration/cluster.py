@@ -10,7 +10,8 @@ a real cluster (and without sending a packet off this machine) the fixture build
   a real HTTP server (``podweb.py``), dnsmasq serving ``cluster.local``, and the pod's own
   /etc/resolv.conf and /etc/hosts (``/etc/netns/<pod>/``, which ``ip netns exec`` bind-mounts
   over /etc for the processes it starts);
-- a **laptop** network namespace with only ``lo``: no route to any of those addresses, so any
+- a **laptop** network namespace with ``lo`` and an IPv4 address of its own (198.19.0.2 on an
+  ``ifb`` "wlan0", like a laptop's Wi-Fi): no route to any of those addresses, so any
   call mirrortrace fails to divert gets ENETUNREACH (or a refused lookup) instead of working by
   accident. That failure is the baseline that makes a passing test meaningful.
 
@@ -48,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
 POD_IP = "198.18.0.2"
+LAPTOP_IP = "198.19.0.2"  # the laptop's own address: not a route to the pod's network
 POD_IP6 = "2001:2::2"
 WEB_IP = "198.18.0.10"
 WEB_IP6 = "2001:2::10"
@@ -294,6 +296,13 @@ class Cluster:
             _sh([*ip, "addr", "add", addr, "dev", "eth0"])
         for addr in (f"{POD_IP6}/64", f"{WEB_IP6}/128", f"{DNS_IP6}/128"):
             _sh([*ip, "-6", "addr", "add", addr, "dev", "eth0", "nodad"])
+        # The laptop has an IPv4 address of its own on a "wlan0", like a real laptop (no
+        # global IPv6, and no route to the pod networks): glibc's AI_ADDRCONFIG looks
+        # at the local interfaces before it asks DNS for a family.
+        lip = ["ip", "-n", lap]
+        _sh([*lip, "link", "add", "wlan0", "type", "ifb"])
+        _sh([*lip, "link", "set", "wlan0", "up"])
+        _sh([*lip, "addr", "add", f"{LAPTOP_IP}/24", "dev", "wlan0"])
         # A `blackhole` route makes connect() fail at once with EINVAL on Linux; to get a
         # real timeout the SYNs must vanish, so route them into eth0, which drops them.
         _sh([*ip, "route", "add", TIMEOUT_NET, "dev", "eth0"])

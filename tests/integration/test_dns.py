@@ -168,7 +168,9 @@ def test_python_getaddrinfo_per_family(cluster: Cluster) -> None:
 def test_getent_single_family_addrconfig(cluster: Cluster, family: str) -> None:
     """getent ahostsv4/ahostsv6 ask getaddrinfo with AI_ADDRCONFIG: glibc first checks over
     netlink which address families have a non-loopback address configured. The pod has
-    both, so the pod answers; the traced program must get the pod's answer."""
+    both, so the pod answers; the traced program must get the pod's answer. (It sees the
+    laptop's interfaces, which have IPv4 and, being up, an IPv6 link-local address, as
+    real laptops do; a laptop with IPv6 disabled would drop AAAA answers here.)"""
     traced = _parity(cluster, ["getent", family, "web"])
     assert (WEB_IP if family == "ahostsv4" else WEB_IP6) in traced.stdout
 

@@ -147,9 +147,11 @@ def test_unbalanced_quotes_in_agent_env(monkeypatch: pytest.MonkeyPatch) -> None
     assert "MIRRORTRACE_AGENT_EXEC" in line
 
 
-def test_command_not_found() -> None:
-    line = one_error_line(invoke("run", "--agent-exec", "x", "--", "no-such-program-xyz"))
-    assert "no-such-program-xyz: command not found" in line
+def test_command_not_found_is_one_line_and_127_like_a_shell() -> None:
+    result = invoke("run", "--agent-exec", "x", "--", "no-such-program-xyz")
+    assert result.exit_code == 127
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-program-xyz: command not found" in lines[0]
 
 
 def test_events_folder_must_exist(tmp_path: Path) -> None:
