@@ -152,6 +152,12 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         agent=agent,
     )
     tracer: Tracer | None = None
+    inactive = _inactive_options(options)
+    if inactive:
+        bus.notice(
+            f"mirrortrace: {', '.join(inactive)} not active in this build yet: COMMAND "
+            "sees local files, its own environment and no incoming traffic"
+        )
     try:
         env = dict(os.environ)
         program = resolve_command(options.command, env)
@@ -186,6 +192,18 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         _restore_signals()
         session.close()
         bus.close()
+
+
+def _inactive_options(options: RunOptions) -> list[str]:
+    """Options the interface accepts whose features are not in this build yet."""
+    out = []
+    if options.fs != "read" or options.fs_remote or options.fs_local:
+        out.append("--fs")
+    if options.env != "merge" or options.env_exclude:
+        out.append("--env")
+    if options.incoming != "off" or options.port_map:
+        out.append("--incoming")
+    return out
 
 
 def _take_signals(pid: int, tracer: Tracer) -> None:
