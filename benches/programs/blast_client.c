@@ -2,7 +2,10 @@
  *
  * Connects to HOST:PORT (numeric IPv4), asks for N bytes (N a multiple of 8), reads until
  * EOF into a 1 MiB buffer and checks every 64-bit word against blast_server's stream. The
- * clock (CLOCK_MONOTONIC) starts just before connect() and stops at EOF. Prints one line:
+ * clock (CLOCK_MONOTONIC) starts just before connect() and stops when the N-th byte has
+ * arrived, not at EOF: a relay may take its time to pass the close on (socat lingers 0.5 s
+ * per hop by default, its -t), and that is not throughput. EOF must still follow, with no
+ * byte more. Prints one line:
  *     bytes=N seconds=S mb_per_s=R
  * (MB = 10^6 bytes) and exits 0, or says what was wrong and exits 1.
  *
@@ -58,6 +61,7 @@ int main(int argc, char **argv) {
         perror("write");
         return 1;
     }
+    double t1 = n == 0 ? now_s() : 0;
     uint64_t total = 0, word = 0;
     size_t carry = 0; /* bytes of an incomplete word kept at the front of buf */
     for (;;) {
@@ -69,6 +73,7 @@ int main(int argc, char **argv) {
         }
         if (r == 0) break;
         total += (uint64_t)r;
+        if (total >= n && t1 == 0) t1 = now_s();
         size_t have = carry + (size_t)r;
         size_t whole = have / 8;
         for (size_t k = 0; k < whole; k++) {
@@ -85,7 +90,6 @@ int main(int argc, char **argv) {
         carry = have - whole * 8;
         memmove(buf, buf + whole * 8, carry);
     }
-    double t1 = now_s();
     close(fd);
     if (total != n || carry != 0) {
         fprintf(stderr, "short or long stream: got %llu bytes of %llu\n",
