@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -28,6 +29,8 @@ from agent_image import protocol as p
 
 RequestHandler = Callable[[int, p.Message], Awaitable[p.Message | None]]
 _LINGER_RST = struct.pack("ii", 1, 0)
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
 
 
 class ChannelClosed(Exception):
@@ -90,6 +93,8 @@ class Channel:
 
     async def open_pipes(self, read_file: Any, write_file: Any) -> None:
         """Run over a readable and a writable file object (pipes, sockets, ttys)."""
+        for f in (read_file, write_file):
+            _grow_pipe(f)
         # Writer first, hello queued before the reader exists: whatever arrives (even
         # garbage) is then answered on a channel that can already speak.
         self._writer, _ = await self._loop.connect_write_pipe(
@@ -318,6 +323,15 @@ class Channel:
             self.respond(sid, reply)
 
 
+def _grow_pipe(f: Any) -> None:
+    """Ask for a 1 MiB pipe (the unprivileged maximum): with the default 64 KiB every
+    DATA frame is a partial write that asyncio must buffer, trim and retry."""
+    try:
+        fcntl.fcntl(f.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError, ValueError):
+        pass  # not a pipe, or a lower pipe-max-size: the default still works
+
+
 class _ReadSide(asyncio.Protocol):
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -407,10 +421,13 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
             self._write_eof()
 
     def data_received(self, data: bytes) -> None:
-        view = memoryview(data)
-        for start in range(0, len(view), p.MAX_DATA_CHUNK):
-            chunk = view[start : start + p.MAX_DATA_CHUNK]
-            self.channel.send(p.FrameType.DATA, self.sid, bytes(chunk))
+        if len(data) <= p.MAX_DATA_CHUNK:
+            self.channel.send(p.FrameType.DATA, self.sid, data)
+        else:
+            view = memoryview(data)
+            for start in range(0, len(view), p.MAX_DATA_CHUNK):
+                chunk = view[start : start + p.MAX_DATA_CHUNK]
+                self.channel.send(p.FrameType.DATA, self.sid, bytes(chunk))
         self._send_window -= len(data)
         if self._send_window <= 0 and self.transport is not None and not self._read_paused:
             self._read_paused = True

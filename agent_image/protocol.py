@@ -50,8 +50,8 @@ from typing import Any, ClassVar
 VERSION = 1
 HEADER = struct.Struct("!IBI")
 MAX_PAYLOAD = 1 << 20
-MAX_DATA_CHUNK = 64 * 1024
-INITIAL_WINDOW = 512 * 1024
+MAX_DATA_CHUNK = 256 * 1024
+INITIAL_WINDOW = 2 * 1024 * 1024
 _WINDOW = struct.Struct("!I")
 _JSON_LEN = struct.Struct("!I")
 
@@ -106,9 +106,12 @@ class FrameDecoder:
         next call), so the caller sees everything valid before the garbage."""
         if self.error is not None:
             raise self.error
-        self._buf += data
         frames: list[Frame] = []
-        buf = self._buf
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the common case: parse the chunk as it came, one copy less
         pos = 0
         end = len(buf)
         while end - pos >= HEADER.size:
@@ -122,7 +125,12 @@ class FrameDecoder:
             if end - pos - HEADER.size < length:
                 break
             start = pos + HEADER.size
-            frames.append(Frame(kind, stream, bytes(buf[start : start + length])))
+            if isinstance(buf, bytes):
+                payload = buf[start : start + length]
+            else:
+                with memoryview(buf) as view:
+                    payload = bytes(view[start : start + length])
+            frames.append(Frame(kind, stream, payload))
             pos = start + length
         if not self.error and 4 <= end - pos < HEADER.size:
             # Garbage shorter than a header must not wait for more: judge its length now.
@@ -132,12 +140,15 @@ class FrameDecoder:
                 if not frames:
                     raise exc
                 self.error = exc
-        if pos:
-            del buf[:pos]
+        if buf is self._buf:
+            if pos:
+                del self._buf[:pos]
+        else:
+            self._buf += buf[pos:]
         return frames
 
     @staticmethod
-    def _header(buf: bytearray, pos: int) -> tuple[int, FrameType, int]:
+    def _header(buf: bytes | bytearray, pos: int) -> tuple[int, FrameType, int]:
         length, ftype, stream = HEADER.unpack_from(buf, pos)
         if length > MAX_PAYLOAD:
             raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD} limit")
