@@ -39,7 +39,6 @@ _SOCKLEN = struct.Struct("=I")
 _MSGHDR_SIZE = 56
 _MMSGHDR_SIZE = 64
 _MAX_SOCKADDR = 128
-_LOOPBACK = {AF_INET: "127.0.0.1", AF_INET6: "::1"}
 _WILDCARD = {AF_INET: "0.0.0.0", AF_INET6: "::"}
 _RELAY_CONNECT_TIMEOUT = 2.0
 _TCP_CLOSE = 7  # tcpi_state of a socket that is neither connecting nor connected
