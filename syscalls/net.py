@@ -75,7 +75,7 @@ def _open_dup(call: Call, fd: int) -> socket.socket | None:
         return None
 
 
-def _unmap(host: str) -> str:
+def unmap(host: str) -> str:
     return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
@@ -92,7 +92,7 @@ def ensure_bound(sock: socket.socket, loopback: str) -> Addr:
     if port == 0:
         sock.bind((_WILDCARD[sock.family], 0))
         host, port = sock.getsockname()[:2]
-    host = _unmap(host)
+    host = unmap(host)
     if host in ("0.0.0.0", "::"):
         host = loopback
     return host, port
@@ -236,7 +236,7 @@ def _attach_relay(call: Call, session: Session, sock: socket.socket, addr: SockA
         return Return(-errno.ENETUNREACH)
     _, relay = where
     try:
-        peer = ensure_bound(sock, _unmap(relay[0]))
+        peer = ensure_bound(sock, unmap(relay[0]))
         remote = addr.unmapped()
         session.expect_tcp(peer, bridge, (remote.host, remote.port))
         _connect_nowait(sock, relay)
@@ -393,7 +393,7 @@ def _rewrite_name(call: ExitCall, session: Session, ptr: int, capacity: int, got
     addr = _read_sockaddr(call, ptr, min(got, capacity))
     if addr is None or addr.family not in (AF_INET, AF_INET6) or addr.host is None:
         return
-    key = (_unmap(addr.host), addr.port or 0)
+    key = (unmap(addr.host), addr.port or 0)
     remote = session.udp_remote.get(key)
     if remote is None:
         return
@@ -478,7 +478,7 @@ def getpeername(call: Call, session: Session) -> Outcome:
         addr = _read_sockaddr(e, ptr, min(got, capacity))
         if addr is None or addr.host is None:
             return
-        if session.is_tcp_relay((_unmap(addr.host), addr.port or 0)):
+        if session.is_tcp_relay((unmap(addr.host), addr.port or 0)):
             sock = _open_dup(e, fd)
             if sock is None:
                 return
@@ -486,7 +486,7 @@ def getpeername(call: Call, session: Session) -> Outcome:
                 local = sock.getsockname()
             finally:
                 sock.close()
-            remote = session.tcp_remote.get((_unmap(local[0]), local[1]))
+            remote = session.tcp_remote.get((unmap(local[0]), local[1]))
             if remote is not None:
                 e.write(ptr, encode_sockaddr(_as_family(remote, addr.family))[:capacity])
             return
@@ -517,8 +517,8 @@ def getsockname(call: Call, session: Session) -> Outcome:
         except OSError:
             return PASS
         family = sock.family
-    local_key = (_unmap(local[0]), local[1])
-    peer_key = (_unmap(peer[0]), peer[1])
+    local_key = (unmap(local[0]), local[1])
+    peer_key = (unmap(peer[0]), peer[1])
     capacity = _read_socklen(call, len_ptr)
 
     def shown_as(pod_local: Addr) -> Pass:
@@ -559,7 +559,7 @@ def listen(call: Call, session: Session) -> Outcome:
         finally:
             sock.close()
         if isinstance(where, tuple):
-            target = str(_as_family((_unmap(where[0]), where[1]), sock.family))
+            target = str(_as_family((unmap(where[0]), where[1]), sock.family))
         else:
             target = str(where)
         session.emit(e, "listen", target, "local", e.result)
