@@ -333,23 +333,38 @@ def sendto(call: Call, session: Session) -> Outcome:
     return Rewrite({4: call.scratch(encoded), 5: len(encoded)})
 
 
-def sendmsg(call: Call, session: Session) -> Outcome:
-    """Divert sendmsg(2) with a pod msg_name: the kernel reads a copy naming the relay."""
-    fd, hdr_ptr = call.args[0], call.args[1]
+def _named_datagram(call: Call, session: Session, fd: int, hdr_ptr: int
+                    ) -> tuple[bytes, bytes] | Outcome:
+    """The msghdr at hdr_ptr and the relay sockaddr its msg_name must name instead;
+    or the outcome, when its datagram is not diverted."""
     try:
-        hdr = bytearray(call.read(hdr_ptr, _MSGHDR_SIZE))
+        hdr = call.read(hdr_ptr, _MSGHDR_SIZE)
     except OSError:
         return PASS
     name_ptr, name_len = struct.unpack_from("=QI", hdr, 0)
     found = _diverted_dgram(call, session, fd, _read_sockaddr(call, name_ptr, name_len))
     if found is None or isinstance(found, Return):
         return found or PASS
-    encoded, _ = found
-    # One scratch slot holds the copied msghdr followed by the relay's sockaddr.
-    base = call.scratch(bytes(hdr) + encoded)
-    struct.pack_into("=QI", hdr, 0, base + _MSGHDR_SIZE, len(encoded))
+    return hdr, found[0]
+
+
+def _with_name(call: Call, header: bytes, encoded: bytes) -> int:
+    """Copy a msghdr (or mmsghdr) with the relay's sockaddr right behind it into scratch
+    memory, its msg_name pointing there; returns the copy's address."""
+    base = call.scratch(header + encoded)
+    hdr = bytearray(header)
+    struct.pack_into("=QI", hdr, 0, base + len(header), len(encoded))
     call.write(base, bytes(hdr))
-    return Rewrite({1: base})
+    return base
+
+
+def sendmsg(call: Call, session: Session) -> Outcome:
+    """Divert sendmsg(2) with a pod msg_name: the kernel reads a copy naming the relay."""
+    found = _named_datagram(call, session, call.args[0], call.args[1])
+    if not isinstance(found, tuple):
+        return found
+    hdr, encoded = found
+    return Rewrite({1: _with_name(call, hdr, encoded)})
 
 
 def sendmmsg(call: Call, session: Session) -> Outcome:
@@ -359,22 +374,14 @@ def sendmmsg(call: Call, session: Session) -> Outcome:
     that case is plain connect diversion; here the named case is served one
     message at a time (a short count is a legal sendmmsg result).
     """
-    fd, vec = call.args[0], call.args[1]
+    vec = call.args[1]
     if (call.args[2] & 0xFFFFFFFF) == 0:
         return PASS
-    try:
-        first = call.read(vec, _MSGHDR_SIZE)
-    except OSError:
-        return PASS
-    name_ptr, name_len = struct.unpack_from("=QI", first, 0)
-    found = _diverted_dgram(call, session, fd, _read_sockaddr(call, name_ptr, name_len))
-    if found is None or isinstance(found, Return):
-        return found or PASS
-    encoded, _ = found
-    msg = bytearray(first) + bytes(_MMSGHDR_SIZE - _MSGHDR_SIZE)
-    base = call.scratch(bytes(msg) + encoded)
-    struct.pack_into("=QI", msg, 0, base + _MMSGHDR_SIZE, len(encoded))
-    call.write(base, bytes(msg))
+    found = _named_datagram(call, session, call.args[0], vec)
+    if not isinstance(found, tuple):
+        return found
+    hdr, encoded = found
+    base = _with_name(call, hdr + bytes(_MMSGHDR_SIZE - _MSGHDR_SIZE), encoded)
 
     def copy_len(e: ExitCall) -> None:
         if e.result == 1:
