@@ -96,21 +96,57 @@ def fail(errno: int) -> Return:
     return Return(-errno)
 
 
+Addr = tuple[str, int]
+Future = concurrent.futures.Future[Any]
+
+
+class Policy(Protocol):
+    def decide_connect(self, addr: Any, sock_type: int) -> Any:
+        """A decision with `.diverted` (bool) and `.reason` (str)."""
+        ...
+
+
 class Session(Protocol):
-    """What handlers may ask of the running session (implemented in supervisor/)."""
+    """What handlers may ask of the running session (supervisor/session.py and its
+    relays implement it; tests use fakes). Everything here is safe to call from the
+    tracer thread; futures complete in the session's thread."""
 
-    def emit(
-        self,
-        call: Call,
-        kind: str,
-        target: str,
-        via: str,
-        result: int | str,
-        *,
-        detail: dict[str, Any] | None = None,
-    ) -> None: ...
+    policy: Policy
+    nodename: str | None
+    pod_files: dict[bytes, bytes]  # pod path -> the path the program opens instead
+    PENDING: object  # what `within` gives when the time ran out first
+    tcp_inflight: dict[int, tuple[Future, Addr]]  # socket inode -> pod-side connect
+    tcp_remote: dict[Addr, Addr]  # program socket's local address -> remote
+    tcp_local: dict[Addr, Addr | None]  # program socket's local address -> pod-side one
+    udp_remote: dict[Addr, Addr]  # relay address -> remote
+    udp_sources: dict[Addr, Any]  # program sockets sending diverted datagrams
 
-    def __getattr__(self, name: str) -> Any: ...
+    def emit(self, call: Call, kind: str, target: str, via: str, result: int | str, *,
+             detail: dict[str, Any] | None = None) -> None: ...
+
+    def open_tcp(self, host: str, port: int) -> Future:
+        """Connect from the pod: a bridge object, or an ErrorReply."""
+        ...
+
+    def within(self, fut: Future, seconds: float) -> Future: ...
+
+    def start_pending(self, sock: Any, remote: Addr, fut: Future) -> None: ...
+
+    def relay_address(self, family: int, v6only: bool) -> tuple[int, Addr] | None: ...
+
+    def expect_tcp(self, peer: Addr, bridge: Any, remote: Addr) -> None: ...
+
+    def abandon_tcp(self, bridge: Any) -> None: ...
+
+    def is_tcp_relay(self, addr: Addr) -> bool: ...
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
+
+    def udp_relay(self, remote: Addr, family: int) -> tuple[Addr, str]: ...
+
+    def udp_source(self, src: Addr, pid: int, comm: str, family: int) -> None: ...
+
+    def source_for(self, host: str) -> Future: ...
 
 
 Handler = Callable[[Call, Any], Outcome]

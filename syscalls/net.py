@@ -394,18 +394,27 @@ def sendmmsg(call: Call, session: Session) -> Outcome:
 
 
 def _rewrite_name(call: ExitCall, session: Session, ptr: int, capacity: int, got: int) -> None:
-    """If the kernel wrote a relay's address at ptr, write the remote's instead."""
-    if not ptr or capacity <= 0 or got < 2:
+    """If the kernel wrote a relay's address at ptr, write the remote's instead.
+
+    Judged on the bytes actually written (the kernel truncates to the buffer and
+    reports the full length), so a short buffer gets the remote's address cut the
+    same way, never a piece of the relay's.
+    """
+    if not ptr or capacity < 4 or got < 4:
         return
-    addr = _read_sockaddr(call, ptr, min(got, capacity))
-    if addr is None or addr.family not in (AF_INET, AF_INET6) or addr.host is None:
+    try:
+        raw = call.read(ptr, min(got, capacity))
+    except OSError:
         return
-    key = (unmap(addr.host), addr.port or 0)
-    remote = session.udp_remote.get(key)
-    if remote is None:
+    (family,) = struct.unpack_from("=H", raw)
+    (port,) = struct.unpack_from("!H", raw, 2)
+    if family not in (AF_INET, AF_INET6):
         return
-    encoded = encode_sockaddr(_as_family(remote, addr.family))
-    call.write(ptr, encoded[:capacity])
+    for relay in (("127.0.0.1", port), ("::1", port)):
+        remote = session.udp_remote.get(relay)
+        if remote is not None and encode_sockaddr(_as_family(relay, family)).startswith(raw):
+            call.write(ptr, encode_sockaddr(_as_family(remote, family))[: len(raw)])
+            return
 
 
 def _read_socklen(call: Call, ptr: int) -> int:
