@@ -28,7 +28,7 @@ from supervisor.events import make_bus
 from supervisor.options import RunOptions
 from supervisor.seccomp import TrapRule, build_filter, install_filter
 from supervisor.session import Session
-from supervisor.tracer import Tracer, kill_all
+from supervisor.tracer import Tracer
 from syscalls.table import TABLE
 
 SEIZE_OPTIONS = (
@@ -187,7 +187,7 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         return exit_code(tracer.run())
     finally:
         if tracer is not None:
-            kill_all(tracer)
+            tracer.kill_all()
             tracer.close()
         _restore_signals()
         session.close()

@@ -45,6 +45,8 @@ SCRATCH_SLOT = 4096
 SCRATCH_SLOTS = 64
 SYS_MMAP = 9
 PARK_POLL_MS = 10
+CLONE_VM = 0x00000100
+CLONE_THREAD = 0x00010000
 _U64 = (1 << 64) - 1
 
 
@@ -298,7 +300,7 @@ class Tracer:
                 self._forget_thread(th)
             if tid == self.main_pid:
                 self.main_status = status
-                self._kill_leftovers()
+                self.kill_all()
             return
         if th is None:
             # A new child's first stop can beat its parent's fork event.
@@ -352,8 +354,9 @@ class Tracer:
         if not th.proc.threads:
             th.proc.close()
 
-    def _kill_leftovers(self) -> None:
-        """COMMAND is gone: like a container whose main process ended, nothing outlives it."""
+    def kill_all(self) -> None:
+        """End every tracee: when COMMAND is gone (like a container whose main process
+        ended, nothing outlives it), and as a last resort on the way out."""
         for tgid in {th.proc.tgid for th in self.threads.values()}:
             try:
                 os.kill(tgid, signal.SIGKILL)
@@ -561,18 +564,4 @@ class Tracer:
         k.set_regs(th.tid, regs)
         self._free_slot(th)
         k.cont(th.tid)
-
-
-CLONE_VM = 0x00000100
-CLONE_THREAD = 0x00010000
-CLONE_UNTRACED = 0x00800000
-
-
-def kill_all(tracer: Tracer) -> None:
-    """Last resort on the way out: nothing we traced may outlive the supervisor."""
-    for tgid in {th.proc.tgid for th in tracer.threads.values()}:
-        try:
-            os.kill(tgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
