@@ -101,12 +101,14 @@ class NetworkPolicy:
         if kind not in _DIVERTIBLE_TYPES:
             return _local(f"{_sock_type_name(kind)} sockets stay local")
         ip = _plain(addr.unmapped().ip)
+        # First, even before loopback: a pod whose resolv.conf names a loopback server
+        # (Docker's 127.0.0.11, a hostNetwork pod's 127.0.0.53) means the pod's own.
+        if self.dns and addr.port == DNS_PORT and ip in self.nameservers:
+            return _divert("port 53 to the pod's nameserver")
         if ip.is_loopback:
             return _local("loopback stays local")
         if ip.is_unspecified:
             return _local("unspecified address means loopback")
-        if self.dns and addr.port == DNS_PORT and ip in self.nameservers:
-            return _divert("port 53 to the pod's nameserver")
         if ip.is_multicast:
             return _local("multicast stays local")
         if ip == _BROADCAST:

@@ -324,3 +324,14 @@ def test_policy_from_resolv_conf() -> None:
 def test_parse_resolv_conf_never_raises(text: str) -> None:
     conf = parse_resolv_conf(text)
     assert 0 <= conf.ndots <= 15
+
+
+def test_a_loopback_nameserver_of_the_pod_is_the_pods() -> None:
+    """Docker's embedded DNS (127.0.0.11) or a hostNetwork pod's 127.0.0.53: port 53
+    there means the pod's resolver, not this machine's."""
+    policy = NetworkPolicy(outgoing="local", dns=True, local_cidrs=[], nameservers=["127.0.0.11"])
+    assert decide(policy, inet("127.0.0.11", 53), DGRAM) == (
+        Route.DIVERT, "port 53 to the pod's nameserver"
+    )
+    assert decide(policy, inet("127.0.0.11", 80), STREAM) == (Route.LOCAL, "loopback stays local")
+    assert decide(policy, inet("127.0.0.53", 53), DGRAM) == (Route.LOCAL, "loopback stays local")
