@@ -379,7 +379,7 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
     def __init__(self, channel: Channel, on_done: Callable[[], None] | None = None) -> None:
         self.channel = channel
         self.transport: asyncio.Transport | None = None
-        self._on_done = on_done
+        self.on_done = on_done  # called once the stream is over
         self._send_window = p.INITIAL_WINDOW
         self._owed = 0  # bytes written to our socket and not yet granted back
         self._write_paused = False
@@ -447,8 +447,8 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
                 if isinstance(exc, OSError) and exc.errno:
                     err = errno.errorcode.get(exc.errno, "ECONNRESET")
                 self.channel.reset(self.sid, p.Reset(errno=err, message=str(exc or "closed")))
-            if self._on_done is not None:
-                self._on_done()
+            if self.on_done is not None:
+                self.on_done()
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -171,20 +171,22 @@ class TcpRelays:
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 end.bind(pend.where)
                 end.setblocking(False)
-                try:
-                    await asyncio.wait_for(self.loop.sock_connect(end, pend.app), 5)
-                except (OSError, TimeoutError):
-                    end.close()
-                    reply.close()  # the program gave up on this socket meanwhile
-                    return
-                self.tcp_remote[pend.app] = pend.remote
-                self.tcp_local[pend.app] = getattr(reply, "pod_local", None)
 
                 def forget(key: Addr = pend.app) -> None:
                     self.tcp_remote.pop(key, None)
                     self.tcp_local.pop(key, None)
 
-                reply._on_done = forget
+                # Known before the handshake completes: the program may ask at once.
+                self.tcp_remote[pend.app] = pend.remote
+                self.tcp_local[pend.app] = getattr(reply, "pod_local", None)
+                reply.on_done = forget
+                try:
+                    await asyncio.wait_for(self.loop.sock_connect(end, pend.app), 5)
+                except (OSError, TimeoutError):
+                    end.close()
+                    forget()
+                    reply.close()  # the program gave up on this socket meanwhile
+                    return
                 await self.loop.connect_accepted_socket(lambda: reply, end)
             elif not (isinstance(reply, p.ErrorReply) and reply.errno == "ECONNREFUSED"):
                 pend.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1)
@@ -198,10 +200,27 @@ class TcpRelays:
                 pend.close_listener(self)
 
     def expect_tcp(self, peer: Addr, bridge: TcpBridge, remote: Addr) -> None:
-        """The program socket with local address `peer` is about to connect to us."""
+        """The program socket with local address `peer` is about to connect to us.
+
+        Its remote is known from now on: the program may ask getpeername the moment
+        its connect returns, before our listener has even accepted.
+        """
         self.tcp_expected[peer] = (bridge, remote)
+        self.tcp_remote[peer] = remote
+        self.tcp_local[peer] = getattr(bridge, "pod_local", None)
+
+        def forget() -> None:
+            self.tcp_remote.pop(peer, None)
+            self.tcp_local.pop(peer, None)
+
+        bridge.on_done = forget
 
     def abandon_tcp(self, bridge: TcpBridge) -> None:
+        for peer, (expected, _) in list(self.tcp_expected.items()):
+            if expected is bridge:
+                self.tcp_expected.pop(peer, None)
+                self.tcp_remote.pop(peer, None)
+                self.tcp_local.pop(peer, None)
         self.loop.call_soon_threadsafe(bridge.close)
 
     def _accept(self, listener: socket.socket) -> None:
@@ -217,16 +236,8 @@ class TcpRelays:
             if expected is None:
                 conn.close()  # not a socket of the traced program
                 continue
-            bridge, remote = expected
-            self.tcp_remote[key] = remote
-            self.tcp_local[key] = getattr(bridge, "pod_local", None)
+            bridge, _ = expected
             conn.setblocking(False)
-
-            def forget(key: Addr = key) -> None:
-                self.tcp_remote.pop(key, None)
-                self.tcp_local.pop(key, None)
-
-            bridge._on_done = forget
             self.loop.create_task(self.loop.connect_accepted_socket(lambda b=bridge: b, conn))
 
 

@@ -372,3 +372,23 @@ def test_getpeername_shows_the_remote(cluster: Cluster) -> None:
     lines = traced.stdout.splitlines()
     assert lines[:2] == [f"{WEB_IP} {WEB_PORT}", f"{WEB_IP6} {WEB_PORT}"]
     assert lines[2] in (f"{WEB_IP} {WEB_PORT}", f"{WEB_IP6} {WEB_PORT}")
+
+
+def test_getpeername_right_after_connect_never_shows_the_relay(cluster: Cluster) -> None:
+    """The relay accepts in its own thread; the program may ask who it is connected to
+    the instant connect() returns, before that accept ran. Ask at once, many times."""
+    code = f"""
+        import socket
+        wrong = []
+        for i in range(300):
+            host = ("{WEB_IP}", "{WEB_IP6}")[i % 2]
+            s = socket.create_connection((host, {WEB_PORT}), timeout=10)
+            peer = s.getpeername()[:2]
+            if peer != (host, {WEB_PORT}):
+                wrong.append(peer)
+            s.close()
+        print(len(wrong), wrong[:3])
+    """
+    traced = cluster.run(_py(code), timeout=120)
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout.strip() == "0 []"
