@@ -29,6 +29,12 @@ from syscalls.net import ensure_bound, unmap
 Addr = tuple[str, int]
 
 
+class RelayBridge(TcpBridge):
+    """A stream to the pod and what the pod said about its end of it."""
+
+    pod_local: Addr | None = None  # the pod-side socket's address, for getsockname
+
+
 class TcpRelays:
     """The TCP half of the session (a mixin: Session provides loop and channel)."""
 
@@ -36,7 +42,7 @@ class TcpRelays:
     channel: Channel | None
 
     def _init_tcp_relays(self) -> None:
-        self.tcp_expected: dict[Addr, tuple[TcpBridge, Addr]] = {}
+        self.tcp_expected: dict[Addr, tuple[RelayBridge, Addr]] = {}
         self.tcp_remote: dict[Addr, Addr] = {}  # program socket's local addr -> remote
         self.tcp_local: dict[Addr, Addr | None] = {}  # ... -> its pod-side local addr
         self.tcp_listeners: dict[int, tuple[socket.socket, Addr]] = {}
@@ -76,13 +82,13 @@ class TcpRelays:
         )
 
     def open_tcp(self, host: str, port: int) -> concurrent.futures.Future[Any]:
-        """Connect from the pod; resolves to a TcpBridge, or an ErrorReply."""
+        """Connect from the pod; resolves to a RelayBridge, or an ErrorReply."""
         return asyncio.run_coroutine_threadsafe(self._open_tcp(host, port), self.loop)
 
-    async def _open_tcp(self, host: str, port: int) -> TcpBridge | p.ErrorReply:
+    async def _open_tcp(self, host: str, port: int) -> RelayBridge | p.ErrorReply:
         if self.channel is None or not self.channel.is_open:
             return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
-        bridge = TcpBridge(self.channel)
+        bridge = RelayBridge(self.channel)
         try:
             reply = await self.channel.request(p.Connect(host=host, port=port), endpoint=bridge)
         except ChannelClosed:
@@ -90,7 +96,7 @@ class TcpRelays:
         if isinstance(reply, p.ErrorReply):
             return reply
         if isinstance(reply, p.Connected):
-            bridge.pod_local = (reply.local_host, reply.local_port)  # type: ignore[attr-defined]
+            bridge.pod_local = (reply.local_host, reply.local_port)
         return bridge
 
     PENDING = object()  # what `within` gives when time ran out first
@@ -101,8 +107,10 @@ class TcpRelays:
         out: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def settle(value: Any) -> None:
-            if not out.done():
+            try:
                 out.set_result(value)
+            except concurrent.futures.InvalidStateError:
+                pass  # the other one came first (they may race from two threads)
 
         fut.add_done_callback(lambda f: settle(f.exception() or f.result()))
         self.loop.call_soon_threadsafe(self.loop.call_later, seconds, settle, self.PENDING)
@@ -165,7 +173,7 @@ class TcpRelays:
         reply = fut.exception() or fut.result()
         close_listener_in = 0.0
         try:
-            if isinstance(reply, TcpBridge):
+            if isinstance(reply, RelayBridge):
                 end = socket.socket(pend.family, socket.SOCK_STREAM)
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -178,7 +186,7 @@ class TcpRelays:
 
                 # Known before the handshake completes: the program may ask at once.
                 self.tcp_remote[pend.app] = pend.remote
-                self.tcp_local[pend.app] = getattr(reply, "pod_local", None)
+                self.tcp_local[pend.app] = reply.pod_local
                 reply.on_done = forget
                 try:
                     await asyncio.wait_for(self.loop.sock_connect(end, pend.app), 5)
@@ -199,7 +207,7 @@ class TcpRelays:
             else:
                 pend.close_listener(self)
 
-    def expect_tcp(self, peer: Addr, bridge: TcpBridge, remote: Addr) -> None:
+    def expect_tcp(self, peer: Addr, bridge: RelayBridge, remote: Addr) -> None:
         """The program socket with local address `peer` is about to connect to us.
 
         Its remote is known from now on: the program may ask getpeername the moment
@@ -207,7 +215,7 @@ class TcpRelays:
         """
         self.tcp_expected[peer] = (bridge, remote)
         self.tcp_remote[peer] = remote
-        self.tcp_local[peer] = getattr(bridge, "pod_local", None)
+        self.tcp_local[peer] = bridge.pod_local
 
         def forget() -> None:
             self.tcp_remote.pop(peer, None)
