@@ -97,6 +97,10 @@ class Agent:
         family = socket.AF_INET6 if msg.family == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
+        if family == socket.AF_INET6:
+            # Dual-stack, like the program's own v6 socket may be: v4-mapped addresses
+            # reach IPv4 servers (musl sends to every nameserver from one socket).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         local = sock.getsockname()
         bridge = DatagramBridge(self.channel)

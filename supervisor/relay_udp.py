@@ -19,6 +19,7 @@ from agent_image import protocol as p
 from agent_image.mux import Channel, ChannelClosed, DatagramBridge
 from supervisor.events import Event, EventBus
 from syscalls import dnswire
+from syscalls.net import unmap
 
 Addr = tuple[str, int]
 
@@ -120,22 +121,28 @@ class UdpRelays:
         if remote[1] == 53:
             self.dns_query_seen(source, remote, data)
         if source.bridge is not None:
-            self.channel.send(
-                p.FrameType.DATAGRAM, source.bridge.sid, p.pack_addr(*remote) + data
-            )
+            self._send_datagram(source, remote, data)
         elif source.waiting is not None:
             source.waiting.append((remote, data))
         else:
             source.waiting = [(remote, data)]
-            self.loop.create_task(self._open_udp_stream(src, source, remote))
+            self.loop.create_task(self._open_udp_stream(src, source))
 
-    async def _open_udp_stream(self, src: Addr, source: UdpSource, remote: Addr) -> None:
+    def _send_datagram(self, source: UdpSource, remote: Addr, data: bytes) -> None:
+        assert self.channel is not None and source.bridge is not None
+        host, port = remote
+        if source.family == socket.AF_INET6 and "." in host:
+            host = "::ffff:" + host  # the pod-side socket is dual-stack IPv6, like ours
+        self.channel.send(p.FrameType.DATAGRAM, source.bridge.sid, p.pack_addr(host, port) + data)
+
+    async def _open_udp_stream(self, src: Addr, source: UdpSource) -> None:
+        """The pod-side socket of one program socket, of the same family (a v6 one is
+        dual-stack there too, so one socket reaches IPv4 and IPv6 servers alike)."""
         assert self.channel is not None
         bridge = DatagramBridge(self.channel, lambda h, pt, d: self._udp_reply(src, h, pt, d))
+        family = 6 if source.family == socket.AF_INET6 else 4
         try:
-            reply = await self.channel.request(
-                p.UdpOpen(family=6 if ":" in remote[0] else 4), endpoint=bridge
-            )
+            reply = await self.channel.request(p.UdpOpen(family=family), endpoint=bridge)
         except ChannelClosed:
             return
         waiting, source.waiting = source.waiting or [], None
@@ -143,15 +150,14 @@ class UdpRelays:
             return  # the pod could not open a UDP socket: the datagrams are lost
         source.bridge = bridge
         for dest, data in waiting:
-            self.channel.send(p.FrameType.DATAGRAM, bridge.sid, p.pack_addr(*dest) + data)
+            self._send_datagram(source, dest, data)
 
     def _udp_reply(self, src: Addr, host: str, port: int, data: bytes) -> None:
         source = self.udp_sources.get(src)
         if source is None:
             return
+        host = unmap(host)
         relay = self.udp_relays.get(((host, port), source.family))
-        if relay is None:
-            relay = self.udp_relays.get(((host, port), _other(source.family)))
         if relay is None or relay.transport is None:
             return  # a reply from an address the program never wrote to
         if port == 53:
@@ -185,10 +191,3 @@ class UdpRelays:
         self.bus.emit(Event(time.time(), source.pid, source.comm, "sendto", "dns", query,
                             f"agent {remote[0]}:{remote[1]}", result,
                             int((time.monotonic() - started) * 1e6), {"answer": desc}))
-
-
-
-def _other(family: int) -> int:
-    return socket.AF_INET if family == socket.AF_INET6 else socket.AF_INET6
-
-

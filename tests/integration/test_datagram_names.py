@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cluster import DNS_IP, WEB_IP, Cluster
+from cluster import DNS_IP, DNS_IP6, WEB_IP, Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +74,21 @@ print(got)
     lens, ids = out.stdout.splitlines()
     assert all(n > 12 for n in eval(lens))  # every msg_len written back, as the kernel does
     assert ids == "[1, 2, 3]"
+
+
+def test_one_v6_socket_reaches_v4_and_v6_nameservers(cluster: Cluster) -> None:
+    """musl sends to every nameserver from one AF_INET6 socket (v4-mapped for IPv4 ones),
+    as a dual-stack cluster's pods have both: each query must be answered, each answer
+    seen coming from the server it went to."""
+    script = QUERY + f'''
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(query(4), ("::ffff:{DNS_IP}", 53))
+s.sendto(query(6), ("{DNS_IP6}", 53))
+got = sorted((struct.unpack("!H", d[:2])[0], a[0]) for d, a in (s.recvfrom(512) for _ in "xx"))
+print(got)
+'''
+    out = cluster.run(["python3", "-c", script])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"[(4, '::ffff:{DNS_IP}'), (6, '{DNS_IP6}')]"
