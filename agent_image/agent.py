@@ -21,13 +21,14 @@ from agent_image import __version__
 from agent_image import protocol as p
 from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
 
-FEATURES = ("connect", "udp", "read_file", "uname", "source_for")
+FEATURES = ("connect", "udp", "read_file", "uname", "source_for", "env")
 
 
 class Agent:
     """The request handlers; one instance per session."""
 
     def __init__(self, target_pid: int | None) -> None:
+        self.target_pid = target_pid
         self.root = f"/proc/{target_pid}/root" if target_pid else ""
         self.channel: Channel | None = None
 
@@ -38,6 +39,8 @@ class Agent:
             return await self.udp_open(sid, msg)
         if isinstance(msg, p.ReadFile):
             return self.read_file(msg)
+        if isinstance(msg, p.GetEnv):
+            return self.environment()
         if isinstance(msg, p.SourceFor):
             family = socket.AF_INET6 if ":" in msg.host else socket.AF_INET
             with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -108,6 +111,18 @@ class Agent:
         self.channel.streams[sid] = bridge
         await loop.create_datagram_endpoint(lambda: bridge, sock=sock)
         return p.UdpOpened(local_host=local[0], local_port=local[1])
+
+    def environment(self) -> p.Message:
+        """The target container's variables (what its main process started with), or
+        this agent's own when it has no target."""
+        if self.target_pid is None:
+            blob = b"".join(k + b"=" + v + b"\0" for k, v in os.environb.items())
+            return p.Environment(source="agent", blob=blob)
+        try:
+            with open(f"/proc/{self.target_pid}/environ", "rb") as f:
+                return p.Environment(source=f"pid {self.target_pid}", blob=f.read())
+        except OSError as exc:
+            return p.ErrorReply.from_oserror(exc)
 
     def read_file(self, msg: p.ReadFile) -> p.Message:
         if not msg.path.startswith("/"):

@@ -410,6 +410,24 @@ class UnameReply(Message):
 
 @message
 @dataclass
+class GetEnv(Message):
+    """The target's environment (its /proc/PID/environ), or the agent's own."""
+
+    op: ClassVar[str] = "get_env"
+
+
+@message
+@dataclass
+class Environment(Message):
+    """The variables as NUL-separated NAME=value bytes in the blob: names and values
+    are bytes on Linux and need not be valid UTF-8."""
+
+    op: ClassVar[str] = "environment"
+    source: str = ""
+
+
+@message
+@dataclass
 class Goodbye(Message):
     op: ClassVar[str] = "goodbye"
     reason: str = ""

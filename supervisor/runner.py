@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from supervisor import kernel as k
+from supervisor.environment import describe_env, encode_environ, parse_environ, resolve_env
 from supervisor.errors import CommandNotFoundError, MirrortraceError
 from supervisor.events import make_bus
 from supervisor.options import RunOptions
@@ -73,14 +74,14 @@ def resolve_command(argv: list[str], env: dict[str, str]) -> str:
 class Child:
     """COMMAND's process before it runs: forked, seized, waiting for go."""
 
-    def __init__(self, program: str, argv: list[str], env: dict[str, str], bpf: bytes) -> None:
+    def __init__(self, program: str, argv: list[str], bpf: bytes) -> None:
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
         self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(self._go_w)  # or closing ours would never reach it as EOF
             os.close(self._err_r)
-            _child(go_r, err_w, program, argv, env, bpf)
+            _child(go_r, err_w, program, argv, bpf)
         os.close(go_r)
         os.close(err_w)
         self.pid = pid
@@ -94,8 +95,12 @@ class Child:
                 "(a debugger, strace) holds this process",
             ) from None
 
-    def go(self) -> None:
-        os.write(self._go_w, b"g")
+    def go(self, env: dict[str, str]) -> None:
+        """Let COMMAND start, with env: known only now, after the agent answered."""
+        data = b"g" + encode_environ(env)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._go_w, view) :]
         os.close(self._go_w)
 
     def exec_error(self) -> int | None:
@@ -115,11 +120,16 @@ class Child:
             pass
 
 
-def _child(go_r: int, err_w: int, program: str, argv: list[str], env: dict[str, str],
-           bpf: bytes) -> None:  # pragma: no cover - runs in the child
+def _child(go_r: int, err_w: int, program: str, argv: list[str], bpf: bytes
+           ) -> None:  # pragma: no cover - runs in the child
     try:
-        if os.read(go_r, 1) != b"g":
-            os._exit(0)
+        chunks = []
+        while chunk := os.read(go_r, 1 << 16):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if not data.startswith(b"g"):
+            os._exit(0)  # closed without a go: COMMAND must never run
+        env = {k.encode(): v.encode() for k, v in parse_environ(data[1:]).items()}
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         install_filter(bpf)
@@ -150,13 +160,14 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         outgoing=options.outgoing,
         local_cidrs=options.local_cidrs,
         agent=agent,
+        want_env=options.env != "local",
     )
     tracer: Tracer | None = None
     inactive = _inactive_options(options)
     if inactive:
         bus.notice(
             f"mirrortrace: {', '.join(inactive)} not active in this build yet: COMMAND "
-            "sees local files, its own environment and no incoming traffic"
+            "sees local files and no incoming traffic"
         )
     try:
         env = dict(os.environ)
@@ -164,7 +175,7 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         bpf, handlers = build_program()
         sys.stdout.flush()
         sys.stderr.flush()
-        child = Child(program, options.command, env, bpf)
+        child = Child(program, options.command, bpf)
         try:
             session.start()
         except BaseException:
@@ -176,7 +187,13 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
             tracer.foreign[session.agent.pid] = lambda status: None
         tracer.install_sigchld()
         _take_signals(child.pid, tracer)
-        child.go()
+        command_env, from_pod = resolve_env(
+            options.env, env, session.pod_env, options.env_exclude
+        )
+        if options.ui in ("plain", "live"):
+            described = describe_env(command_env, from_pod, session.pod_env is not None)
+            bus.notice("mirrortrace: " + described)
+        child.go(command_env)
         err = child.exec_error()
         if err is not None:
             tracer.run()
@@ -199,8 +216,6 @@ def _inactive_options(options: RunOptions) -> list[str]:
     out = []
     if options.fs != "read" or options.fs_remote or options.fs_local:
         out.append("--fs")
-    if options.env != "merge" or options.env_exclude:
-        out.append("--env")
     if options.incoming != "off" or options.port_map:
         out.append("--incoming")
     return out

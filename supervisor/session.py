@@ -28,6 +28,7 @@ from typing import Any
 from agent_image import __version__
 from agent_image import protocol as p
 from agent_image.mux import Channel, ChannelClosed
+from supervisor.environment import parse_environ
 from supervisor.errors import AgentStartError
 from supervisor.events import Event, EventBus
 from supervisor.policy import NetworkPolicy, parse_resolv_conf
@@ -44,7 +45,8 @@ class Session(TcpRelays, UdpRelays):
     """One agent session and everything that relays through it."""
 
     def __init__(self, agent_argv: list[str], bus: EventBus, *, dns: bool, outgoing: str,
-                 local_cidrs: list[Any], agent: subprocess.Popen[bytes] | None = None) -> None:
+                 local_cidrs: list[Any], agent: subprocess.Popen[bytes] | None = None,
+                 want_env: bool = False) -> None:
         self.agent_argv = agent_argv
         self.bus = bus
         self.dns = dns
@@ -59,6 +61,8 @@ class Session(TcpRelays, UdpRelays):
         self.agent_hello: p.Hello | None = None
         self.lost: str | None = None
         self.nodename: str | None = None
+        self.want_env = want_env
+        self.pod_env: dict[str, str] | None = None  # fetched when want_env
         self.pod_files: dict[bytes, bytes] = {}  # pod path -> path the program opens instead
         self._memfds: list[int] = []
         self._stderr_tail: deque[str] = deque(maxlen=5)
@@ -201,12 +205,20 @@ class Session(TcpRelays, UdpRelays):
         """The pod's hostname and resolver files, asked for all at once."""
         assert self.channel is not None
         paths = RESOLVER_FILES if self.dns else ()
-        uname, *files = await asyncio.gather(
+        uname, env, *files = await asyncio.gather(
             self.channel.request(p.Uname()),
+            self.channel.request(p.GetEnv()) if self.want_env else asyncio.sleep(0),
             *(self.channel.request(p.ReadFile(path=path)) for path in paths),
         )
         if isinstance(uname, p.UnameReply):
             self.nodename = uname.nodename
+        if isinstance(env, p.Environment):
+            self.pod_env = parse_environ(env.blob)
+        elif isinstance(env, p.ErrorReply):
+            raise AgentStartError(
+                f"the agent cannot read the target's environment: {env.message or env.errno}",
+                "give the agent access to /proc/PID/environ, or run with --env local",
+            )
         if not self.dns:
             return
         for path, reply in zip(paths, files, strict=True):

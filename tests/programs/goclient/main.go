@@ -13,6 +13,7 @@
 //	                            net.LookupSRV: "TARGET PORT PRIORITY WEIGHT" lines
 //	goclient hostname           os.Hostname on line 1, then its LookupHost addresses
 //	goclient dial HOST:PORT     plain TCP connect: "connected REMOTEADDR"
+//	goclient env                 the environment, sorted NAME=value lines
 //	goclient stress N URL [ITERS]
 //	                            N goroutines, each ITERS (default 10) times: LookupHost of
 //	                            the URL's host + GET; prints "ok COUNT" (exit 1 if any failed)
@@ -168,6 +169,13 @@ func main() {
 		}
 		for _, s := range srvs {
 			fmt.Printf("%s %d %d %d\n", s.Target, s.Port, s.Priority, s.Weight)
+		}
+	case "env":
+		// os.Environ comes from the stack execve built: no libc involved.
+		vars := os.Environ()
+		sort.Strings(vars)
+		for _, v := range vars {
+			fmt.Println(v)
 		}
 	case "hostname":
 		name, err := os.Hostname()
