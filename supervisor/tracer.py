@@ -18,9 +18,11 @@ Stops and what we do with them (ptrace(2), all under PTRACE_SEIZE):
   PTRACE_EVENT_STOP otherwise          new child's first stop or an interrupt: resume
   other stops                          signal-delivery-stop: deliver the signal as is
 
-Memory the handlers need to write (rewritten paths) lives in one scratch mapping
+Memory the handlers need to write (rewritten paths) lives in scratch mappings
 per address space, made by turning the first trapped syscall after an exec into
-an mmap and then re-executing the original syscall (rip -= 2). Nothing is ever
+an mmap and then re-executing the original syscall (rip -= 2); each thread in a
+rewritten call holds a slot until the call exits, and when all are held another
+mapping is made the same way. Nothing is ever
 written below the stack pointer: Go's goroutine stacks are too small for that.
 """
 
@@ -50,6 +52,10 @@ CLONE_THREAD = 0x00010000
 _U64 = (1 << 64) - 1
 
 
+class NeedScratch(Exception):
+    """A handler asked for scratch memory while every slot is in use."""
+
+
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
@@ -57,12 +63,18 @@ def _signed(value: int) -> int:
 class AddressSpace:
     """One mm: shared by threads and vfork children, copied by fork."""
 
-    def __init__(self, opener: int, scratch: int | None = None) -> None:
+    def __init__(self, opener: int, regions: tuple[int, ...] = ()) -> None:
         self.opener = opener
-        self.scratch = scratch
+        self.regions: list[int] = []  # scratch mappings made in this mm
+        self.free: list[int] = []  # addresses of unused slots
         self.scratch_failed = False
-        self.free = list(range(SCRATCH_SLOTS - 1, -1, -1))
         self._mem: k.Memory | None = None
+        for base in regions:
+            self.add_region(base)
+
+    def add_region(self, base: int) -> None:
+        self.regions.append(base)
+        self.free.extend(base + i * SCRATCH_SLOT for i in range(SCRATCH_SLOTS - 1, -1, -1))
 
     @property
     def mem(self) -> k.Memory:
@@ -165,15 +177,14 @@ class CallView:
 
     def scratch(self, data: bytes) -> int:
         mm = self.thread.proc.mm
-        if mm.scratch is None or len(data) > SCRATCH_SLOT:
+        if len(data) > SCRATCH_SLOT or mm.scratch_failed:
             raise OSError(errno.ENOMEM, "no scratch memory in the tracee")
         if self.thread.slot is None:
             if not mm.free:
-                raise OSError(errno.ENOMEM, "scratch slots exhausted")
+                raise NeedScratch  # the engine maps more and runs the handler again
             self.thread.slot = mm.free.pop()
-        addr = mm.scratch + self.thread.slot * SCRATCH_SLOT
-        mm.mem.write(addr, data)
-        return addr
+        mm.mem.write(self.thread.slot, data)
+        return self.thread.slot
 
     def dup_fd(self, fd: int) -> int:
         return k.pidfd_getfd(self.thread.proc.pidfd(), fd)
@@ -376,7 +387,7 @@ class Tracer:
             proc = parent.proc
         else:
             pmm = parent.proc.mm
-            mm = pmm if flags & CLONE_VM else AddressSpace(child, pmm.scratch)
+            mm = pmm if flags & CLONE_VM else AddressSpace(child, tuple(pmm.regions))
             proc = Process(child, mm)
         self._add_thread(child, proc)
         for status in self._unknown_stops.pop(child, []):
@@ -412,7 +423,7 @@ class Tracer:
         regs = k.get_regs(th.tid)
         nr = _signed(regs.orig_rax)
         mm = th.proc.mm
-        if mm.scratch is None and not mm.scratch_failed:
+        if not mm.regions and not mm.scratch_failed:
             self._inject_mmap(th, regs)
             return
         handler = self.handlers.get(nr)
@@ -420,7 +431,16 @@ class Tracer:
             k.cont(th.tid)
             return
         call = CallView(self, th, regs, nr)
-        self._apply(th, call, handler(call, self.session))
+        saved = k.Regs.from_buffer_copy(regs)
+        try:
+            outcome = handler(call, self.session)
+        except NeedScratch:
+            # Every slot is held by a thread inside a rewritten call: map another
+            # region, then this syscall runs again and the handler with it (handlers
+            # are idempotent at entry, as ERESTARTSYS demands anyway).
+            self._inject_mmap(th, saved)
+            return
+        self._apply(th, call, outcome)
 
     def _apply(self, th: Thread, call: CallView, outcome: Outcome) -> None:
         tid = th.tid
@@ -512,7 +532,7 @@ class Tracer:
         if addr < 0:
             mm.scratch_failed = True
         else:
-            mm.scratch = addr
+            mm.add_region(addr)
         # Re-execute the original syscall: back up over the 2-byte syscall
         # instruction with rax = its number, as the kernel's own restart does.
         saved.rip -= 2
