@@ -24,26 +24,34 @@ def _matches(name: str, globs: Iterable[str]) -> bool:
 
 
 def resolve_env(mode: str, local: Mapping[str, str], pod: Mapping[str, str] | None,
-                exclude: Iterable[str] = ()) -> tuple[dict[str, str], set[str]]:
+                exclude: Iterable[str] = (), include: Iterable[str] = (),
+                override: Mapping[str, str] | None = None) -> tuple[dict[str, str], set[str]]:
     """The environment COMMAND starts with, and the names whose value is the pod's.
 
     remote: the pod's variables only (excluded names keep their local value);
     merge: this machine's, overlaid by the pod's except the KEEP_LOCAL and excluded
     names; local (or no pod environment at all): this machine's, unchanged.
+    `include` (globs), when given, limits what is taken from the pod to those names
+    (mirrord's env.include); `override` is set last, over everything.
     """
-    exclude = tuple(exclude)
+    exclude, include = tuple(exclude), tuple(include)
     if mode == "local" or pod is None:
-        return dict(local), set()
-    keep = exclude if mode == "remote" else (*KEEP_LOCAL, *exclude)
-    env = {} if mode == "remote" else dict(local)
-    from_pod = set()
-    for name, value in pod.items():
-        if not _matches(name, keep):
-            env[name] = value
-            from_pod.add(name)
-    for name, value in local.items():
-        if _matches(name, keep):
-            env[name] = value
+        env, from_pod = dict(local), set()
+    else:
+        keep = exclude if mode == "remote" else (*KEEP_LOCAL, *exclude)
+        env = {} if mode == "remote" else dict(local)
+        from_pod = set()
+        for name, value in pod.items():
+            if not _matches(name, keep) and (not include or _matches(name, include)):
+                env[name] = value
+                from_pod.add(name)
+        for name, value in local.items():
+            if _matches(name, keep) or (include and mode == "remote" and name not in env
+                                        and not _matches(name, include)):
+                env[name] = value
+    for name, value in (override or {}).items():
+        env[name] = value
+        from_pod.discard(name)
     return env, from_pod
 
 

@@ -77,3 +77,17 @@ def test_the_description_names_but_never_shows() -> None:
     line = describe_env(env, from_pod, True)
     assert "DATABASE_URL" in line and "postgres" not in line and "/home/me" not in line
     assert describe_env(LOCAL, set(), False) == "environment: this machine's"
+
+
+def test_include_limits_what_comes_from_the_pod() -> None:
+    env, from_pod = resolve_env("merge", LOCAL, POD, include=["DATABASE_*"])
+    assert env["DATABASE_URL"] == "postgres://db" and from_pod == {"DATABASE_URL"}
+    assert "KUBERNETES_SERVICE_HOST" not in env and "FEATURE_X" not in env
+    env, from_pod = resolve_env("remote", LOCAL, POD, include=["DATABASE_*"])
+    assert from_pod == {"DATABASE_URL"} and env["EDITOR"] == "vim"  # the rest stays local
+
+
+def test_override_wins_over_everything() -> None:
+    for mode in ("local", "merge", "remote"):
+        env, from_pod = resolve_env(mode, LOCAL, POD, override={"DATABASE_URL": "sqlite://"})
+        assert env["DATABASE_URL"] == "sqlite://" and "DATABASE_URL" not in from_pod
