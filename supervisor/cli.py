@@ -325,6 +325,7 @@ def run(
     """Run COMMAND with its DNS, connects and files satisfied by the agent."""
     from supervisor.options import from_command_line
 
+    warnings: list[str] = []  # what a mirrord.json sets that means nothing here
     options = from_command_line(
         command or [],
         {
@@ -349,15 +350,18 @@ def run(
             "events": _path(events),
         },
         _path(config),
+        warnings=warnings,
     )
     if options.agent_source == "target":
         raise UsageError(
             "Kubernetes targets are not supported in this build",
             "use --agent-exec, e.g. --agent-exec 'kubectl exec -i POD -- mirrortrace-agent'",
         )
-    if options.agent_source == "local":
-        from supervisor.events import notice_text
+    from supervisor.events import notice_text
 
+    for warning in warnings:
+        print(notice_text(options.ui, f"mirrortrace: {warning}"), file=sys.stderr)
+    if options.agent_source == "local":
         name = os.path.basename(options.command[0])
         print(notice_text(options.ui, LOCAL_AGENT_NOTICE.format(name=name)), file=sys.stderr)
     from supervisor.transport import spawn_agent
@@ -376,17 +380,21 @@ def _path(value: Any) -> Path | None:
 
 @config_app.command("check", cls=_Command)
 def config_check(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="The TOML file to check.")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The TOML file (or mirrord.json) to check.")
+    ],
 ) -> None:
     """Check a config file; print what it sets, or the first error and its line."""
     from supervisor.config import check_config, describe, resolve_config
 
     path = resolve_config(Path(file))
     assert path is not None
-    values = check_config(path)
+    loaded = check_config(path)
     print(f"{file}: ok")
-    for line in describe(values):
+    for line in describe(loaded.values):
         print(f"  {line}")
+    for warning in loaded.warnings:
+        _say(warning)
 
 
 @app.command(cls=_Command)

@@ -20,13 +20,19 @@ The command line overrides the file. Every mistake is a :class:`ConfigError`
 naming the file, the key and its line: tomllib reports the position of a
 syntax error, and for a bad key or value the line is found by scanning the
 text, since tomllib keeps no positions for parsed values.
+
+Teams coming from mirrord bring a ``.mirrord/mirrord.json``: any ``.json``
+file is read as one (see :mod:`supervisor.mirrord_config`), and the search
+finds ``.mirrord/mirrord.json`` too, after the mirrortrace names of the same
+folder. What such a file sets that has no meaning here comes back as warnings
+in :class:`ConfigFile`, for the CLI to print.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,24 @@ from supervisor import options as opt
 from supervisor.errors import ConfigError, UsageError
 
 CONFIG_NAMES = (".mirrortrace.toml", "mirrortrace.toml")
+MIRRORD_CONFIG_NAME = ".mirrord/mirrord.json"
+# What find_config looks for in each folder, the first found winning: a
+# mirrortrace file beats a mirrord one at the same level.
+SEARCHED_NAMES = (*CONFIG_NAMES, MIRRORD_CONFIG_NAME)
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config file, read and checked.
+
+    ``values`` maps RunOptions field names to values; ``warnings`` are lines
+    (without the ``mirrortrace:`` prefix) naming what the file sets that
+    mirrortrace ignores — only a mirrord.json has any.
+    """
+
+    path: Path
+    values: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
 
 class _BadValue(Exception):
@@ -73,10 +97,15 @@ def _mode(option: str, choices: tuple[str, ...], table: bool = True) -> _Key:
 
 
 def _path(value: Any, base: Path) -> Path:
-    # Relative paths are relative to the config file, not to wherever the
-    # user happens to run mirrortrace from.
     if not isinstance(value, str) or not value:
         raise TypeError
+    return path_from_file(value, base)
+
+
+def path_from_file(value: str, base: Path) -> Path:
+    """A path written in a config file in folder base: ``~`` expanded, relative to base."""
+    # Relative paths are relative to the config file, not to wherever the
+    # user happens to run mirrortrace from.
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
 
@@ -97,6 +126,12 @@ def _strings(check: Callable[[str], Any] | None = None):
         return [check(i) if check else i for i in items]
 
     return convert
+
+
+def _env_override(value: Any, base: Path) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise TypeError
+    return {opt.check_env_name("env-override", name): text for name, text in value.items()}
 
 
 def _agent_exec(value: Any, base: Path) -> str:
@@ -123,10 +158,16 @@ TOP_KEYS: dict[str, _Key] = {
     "outgoing": _mode("outgoing", opt.OUTGOING_MODES),
     "local-cidr": _Key("local_cidrs", _strings(opt.parse_cidr), _STRING_OR_LIST),
     "fs": _mode("fs", opt.FS_MODES),
-    "fs-remote": _Key("fs_remote", _strings(), _STRING_OR_LIST),
-    "fs-local": _Key("fs_local", _strings(), _STRING_OR_LIST),
+    "fs-remote": _Key(
+        "fs_remote", _strings(lambda v: opt.check_path_pattern("--fs-remote", v)), _STRING_OR_LIST
+    ),
+    "fs-local": _Key(
+        "fs_local", _strings(lambda v: opt.check_path_pattern("--fs-local", v)), _STRING_OR_LIST
+    ),
     "env": _mode("env", opt.ENV_MODES),
     "env-exclude": _Key("env_exclude", _strings(), _STRING_OR_LIST),
+    "env-include": _Key("env_include", _strings(), _STRING_OR_LIST),
+    "env-override": _Key("env_override", _env_override, "a table of strings"),
     "incoming": _mode("incoming", opt.INCOMING_MODES),
     "http-header-filter": _Key(
         "http_header_filter",
@@ -155,7 +196,12 @@ TABLES: dict[str, dict[str, str]] = {
     },
     "outgoing": {"mode": "outgoing", "local-cidr": "local-cidr"},
     "fs": {"mode": "fs", "remote": "fs-remote", "local": "fs-local"},
-    "env": {"mode": "env", "exclude": "env-exclude"},
+    "env": {
+        "mode": "env",
+        "exclude": "env-exclude",
+        "include": "env-include",
+        "override": "env-override",
+    },
     "incoming": {
         "mode": "incoming",
         "http-header-filter": "http-header-filter",
@@ -166,10 +212,14 @@ TABLES: dict[str, dict[str, str]] = {
 
 
 def find_config(start: Path | None = None) -> Path | None:
-    """Return the nearest config file in start (default: cwd) or a parent."""
+    """Return the nearest config file in start (default: cwd) or a parent.
+
+    In each folder, ``.mirrortrace.toml``, then ``mirrortrace.toml``, then
+    ``.mirrord/mirrord.json``: the nearest folder wins, then that order.
+    """
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        for name in CONFIG_NAMES:
+        for name in SEARCHED_NAMES:
             candidate = folder / name
             if candidate.is_file():
                 return candidate
@@ -186,15 +236,29 @@ def resolve_config(explicit: Path | None, start: Path | None = None) -> Path | N
     return find_config(start)
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """Read and check a config file; return RunOptions field name -> value."""
+def read_config(path: Path) -> ConfigFile:
+    """Read and check a config file: TOML, or mirrord's JSON for a ``.json`` file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read the file ({err.strerror})", path=path) from err
     except UnicodeDecodeError as err:
         raise ConfigError("the file is not UTF-8 text", path=path) from err
-    return parse_config(text, path)
+    if path.suffix.lower() == ".json":
+        from supervisor.mirrord_config import parse_mirrord_config
+
+        values, warnings = parse_mirrord_config(text, path)
+        return ConfigFile(path, values, warnings)
+    return ConfigFile(path, parse_config(text, path))
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read and check a config file; return RunOptions field name -> value.
+
+    A mirrord.json's warnings are not returned: use :func:`read_config` to
+    show them.
+    """
+    return read_config(path).values
 
 
 def parse_config(text: str, path: Path) -> dict[str, Any]:
@@ -279,10 +343,10 @@ def parse_config(text: str, path: Path) -> dict[str, Any]:
     return values
 
 
-def check_config(path: Path) -> dict[str, Any]:
-    """Load path and also check the rules between settings, as `run` would."""
-    values = load_config(path)
-    probe = dict(values)
+def check_config(path: Path) -> ConfigFile:
+    """Read path and also check the rules between settings, as `run` would."""
+    loaded = read_config(path)
+    probe = dict(loaded.values)
     if "target" in probe and "agent_exec" not in probe:
         source = "target"
     else:
@@ -293,7 +357,7 @@ def check_config(path: Path) -> dict[str, Any]:
         opt.build_run_options(["true"], probe, agent_source=source, config_path=path)
     except UsageError as err:
         raise ConfigError(_strip_option(err.message), err.hint, path=path) from err
-    return values
+    return loaded
 
 
 def describe(values: dict[str, Any]) -> list[str]:
@@ -303,6 +367,8 @@ def describe(values: dict[str, Any]) -> list[str]:
     for field_name, value in values.items():
         if isinstance(value, list):
             shown = ", ".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
+        elif isinstance(value, dict):
+            shown = ", ".join(f"{name}={text}" for name, text in value.items())
         elif isinstance(value, bool):
             shown = "true" if value else "false"
         else:
@@ -387,7 +453,7 @@ def _toml_type(value: Any) -> str:
 def _strip_option(message: str) -> str:
     # The shared checks name the command-line option ("--port-map: ...");
     # in a file the key is already named, so drop the option prefix.
-    return re.sub(r"^--[a-z-]+: ", "", message)
+    return re.sub(r"^(?:--)?[a-z][a-z-]*: ", "", message)
 
 
 def _suggest(name: str) -> str:

@@ -8,6 +8,13 @@ of them and checks the rules that span several options, and
 line over the config file, and where the agent comes from. Nothing
 here starts a process or touches the network, so it is safe to run before
 anything else: a bad value stops mirrortrace before COMMAND is started.
+
+Path patterns (``fs_remote``, ``fs_local``) are globs (``/etc/app/**``), or,
+when they start with ``re:``, a Python regular expression searched for in the
+whole absolute path (``re.search``, as mirrord matches its own patterns;
+anchor it with ``^...$`` to match all of the path). A mirrord.json's
+``feature.fs`` patterns arrive in that form. Environment patterns
+(``env_include``, ``env_exclude``) are always globs over variable names.
 """
 
 from __future__ import annotations
@@ -69,6 +76,10 @@ class RunOptions:
     fs_local: list[str] = field(default_factory=list)
     env: str = "merge"
     env_exclude: list[str] = field(default_factory=list)
+    # Globs: when non-empty, only matching names are taken from the pod.
+    env_include: list[str] = field(default_factory=list)
+    # Set last, over the pod's and this machine's variables alike.
+    env_override: dict[str, str] = field(default_factory=dict)
     incoming: str = "off"
     http_header_filter: str | None = None
     http_path_filter: str | None = None
@@ -112,9 +123,18 @@ class RunOptions:
                 "an HTTP filter only applies to incoming traffic, and --incoming is off",
                 "add --incoming steal (or mirror)",
             )
-        for glob in (*self.fs_remote, *self.fs_local, *self.env_exclude):
-            if not glob:
-                raise UsageError("an empty pattern in --fs-remote, --fs-local or --env-exclude")
+        for pattern in self.fs_remote:
+            check_path_pattern("--fs-remote", pattern)
+        for pattern in self.fs_local:
+            check_path_pattern("--fs-local", pattern)
+        env_globs = (("--env-exclude", self.env_exclude), ("env-include", self.env_include))
+        for option, globs in env_globs:
+            if not all(globs):
+                raise UsageError(f"an empty pattern in {option}")
+        for name, value in self.env_override.items():
+            check_env_name("env-override", name)
+            if not isinstance(value, str) or "\0" in value:
+                raise UsageError(f"env-override: the value of {name} must be text without NUL")
         if self.events_file is not None:
             check_events_file(self.events_file)
         return self
@@ -144,7 +164,11 @@ def build_run_options(
 
 
 def from_command_line(
-    command: list[str], cli: Mapping[str, Any], config: Path | None
+    command: list[str],
+    cli: Mapping[str, Any],
+    config: Path | None,
+    *,
+    warnings: list[str] | None = None,
 ) -> RunOptions:
     """Merge the command line over the config file into validated RunOptions.
 
@@ -152,17 +176,20 @@ def from_command_line(
     ``events``, ...) to their raw values, None (or []) when not given;
     ``config`` is the --config path, if any, else the config is searched
     for. Nothing is started here: a bad value anywhere is a UsageError or a
-    ConfigError before COMMAND or the agent runs.
+    ConfigError before COMMAND or the agent runs. The config file's warnings
+    (what a mirrord.json sets that has no meaning here) are appended to
+    ``warnings`` once everything has been checked, so an error stays the only
+    line printed.
     """
-    from supervisor.config import load_config, resolve_config
+    from supervisor.config import read_config, resolve_config
 
     if not command:
         raise UsageError("missing COMMAND", "usage: mirrortrace run [OPTIONS] -- COMMAND [ARGS...]")
     parse_list = {
         "local_cidr": ("local_cidrs", parse_cidr),
         "port_map": ("port_map", parse_port_map),
-        "fs_remote": ("fs_remote", None),
-        "fs_local": ("fs_local", None),
+        "fs_remote": ("fs_remote", lambda v: check_path_pattern("--fs-remote", v)),
+        "fs_local": ("fs_local", lambda v: check_path_pattern("--fs-local", v)),
         "env_exclude": ("env_exclude", None),
     }
     choices = {
@@ -197,7 +224,8 @@ def from_command_line(
             given[key] = value
 
     config_path = resolve_config(config)
-    from_file = load_config(config_path) if config_path is not None else {}
+    loaded = read_config(config_path) if config_path is not None else None
+    from_file = loaded.values if loaded is not None else {}
     values = {**from_file, **given}
 
     # Where the agent comes from: the first rule that applies (CONTRACT.md).
@@ -234,6 +262,8 @@ def from_command_line(
 
     options = build_run_options(command, values, agent_source=source, config_path=config_path)
     _check_command(command[0])
+    if warnings is not None and loaded is not None:
+        warnings.extend(loaded.warnings)
     return options
 
 
@@ -316,6 +346,28 @@ def check_regex(option: str, pattern: str) -> str:
             "escape special characters such as ( [ { with a backslash",
         ) from None
     return pattern
+
+
+def check_path_pattern(option: str, pattern: str) -> str:
+    """Check a path pattern: a glob, or ``re:REGEX`` (see the module docstring)."""
+    if not pattern:
+        raise UsageError(f"{option}: an empty pattern", "give a glob such as /etc/app/**")
+    if pattern.startswith("re:"):
+        regex = pattern[3:]
+        if not regex:
+            raise UsageError(f"{option}: {pattern!r} has no regular expression after re:")
+        check_regex(option, regex)
+    return pattern
+
+
+def check_env_name(option: str, name: str) -> str:
+    """Check an environment variable name: not empty, no ``=`` and no NUL."""
+    if not name or "=" in name or "\0" in name:
+        raise UsageError(
+            f"{option}: {name!r} is not an environment variable name",
+            "a name is not empty and has no '=' in it",
+        )
+    return name
 
 
 def parse_header_filter(text: str) -> tuple[str, re.Pattern[str]]:

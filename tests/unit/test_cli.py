@@ -302,6 +302,85 @@ def test_run_with_bad_config_file_stops_before_starting(
     assert runner_calls == []
 
 
+MIRRORD_JSON = """{
+  "agent": {"ttl": 30},
+  "feature": {
+    "fs": {"mode": "write", "read_only": ["^/etc/app/"]},
+    "env": {"include": "DB_*", "load_from_process": true},
+    "network": {"outgoing": {"filter": {"local": ["10.0.0.0/8"]}}}
+  }
+}
+"""
+
+
+def test_run_with_a_mirrord_json_prints_each_ignored_key(
+    tmp_path: Path, runner_calls: list[Any]
+) -> None:
+    path = tmp_path / "mirrord.json"
+    path.write_text(MIRRORD_JSON)
+    result = invoke("run", "-f", str(path), "--agent-exec", "x", "--", "true")
+    assert result.exit_code == 7, result.output
+    (opts,) = runner_calls
+    assert (opts.fs, opts.fs_remote, opts.env_include) == ("write", ["re:^/etc/app/"], ["DB_*"])
+    assert opts.local_cidrs == [ipaddress.ip_network("10.0.0.0/8")]
+    assert result.stderr.splitlines() == [
+        "mirrortrace: mirrord.json: ignoring agent (mirrortrace starts its own agent: "
+        "set agent-exec or target instead)",
+        "mirrortrace: mirrord.json: ignoring feature.env.load_from_process "
+        "(mirrortrace has no equivalent)",
+    ]
+
+
+def test_discovered_mirrord_json_is_used_by_run(tmp_path: Path, runner_calls: list[Any]) -> None:
+    (tmp_path / ".mirrord").mkdir()
+    (tmp_path / ".mirrord" / "mirrord.json").write_text('{"feature": {"env": false}}')
+    result = invoke("run", "--agent-exec", "x", "--", "true")
+    assert result.exit_code == 7, result.output
+    assert runner_calls[0].env == "local"
+    assert result.stderr == ""
+
+
+def test_bad_mirrord_json_is_one_line_with_line_and_column(
+    tmp_path: Path, runner_calls: list[Any]
+) -> None:
+    path = tmp_path / "mirrord.json"
+    path.write_text('{\n  "feature": {\n    "fs": "read"\n    "env": true\n  }\n}\n')
+    line = one_error_line(invoke("run", "-f", str(path), "--", "true"))
+    assert line.startswith(f"mirrortrace: {path}:4: not valid JSON: Expecting ',' delimiter")
+    assert "(column 5)" in line
+    assert runner_calls == []
+
+
+def test_mirrord_json_with_a_wrong_type_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "mirrord.json"
+    path.write_text('{\n  "feature": {\n    "network": {"dns": 1}\n  }\n}\n')
+    line = one_error_line(invoke("config", "check", str(path)))
+    assert line.startswith(f"mirrortrace: {path}:3: 'feature.network.dns' must be true, false")
+
+
+def test_config_check_mirrord_json(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text(MIRRORD_JSON)
+    result = invoke("config", "check", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"{path}: ok",
+        "  fs = write",
+        "  fs-remote = re:^/etc/app/",
+        "  env-include = DB_*",
+        "  local-cidr = 10.0.0.0/8",
+    ]
+    assert [w.split(" (")[0] for w in result.stderr.splitlines()] == [
+        "mirrortrace: x.json: ignoring agent",
+        "mirrortrace: x.json: ignoring feature.env.load_from_process",
+    ]
+
+
+def test_fs_pattern_with_re_prefix_must_compile() -> None:
+    line = one_error_line(invoke("run", "--fs-remote", "re:(", "--", "true"))
+    assert line.startswith("mirrortrace: --fs-remote: '(' is not a valid regular expression")
+
+
 def test_help_is_plain_text() -> None:
     result = invoke("run", "--help")
     assert result.exit_code == 0

@@ -59,7 +59,7 @@ def test_nearest_config_wins(tmp_path: Path) -> None:
 def test_no_config_anywhere_gives_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Only the tmp tree is searched when nothing above it has a config;
     # a config in / or /tmp on the test machine would make this meaningless.
-    if any((p / n).exists() for p in tmp_path.parents for n in config.CONFIG_NAMES):
+    if any((p / n).exists() for p in tmp_path.parents for n in config.SEARCHED_NAMES):
         pytest.skip("a parent of the temporary folder has a mirrortrace config")
     assert config.find_config(tmp_path) is None
 
@@ -122,15 +122,52 @@ def test_target_table_and_relative_paths(tmp_path: Path) -> None:
     assert values["events_file"] == tmp_path / "out" / "events.jsonl"
 
 
+def test_env_include_and_override_at_the_top_level_or_in_env(tmp_path: Path) -> None:
+    flat = write(
+        tmp_path,
+        'env-include = "DB_*"\nenv-override = { LOG = "debug", "A.B" = "" }\n',
+        "flat.toml",
+    )
+    table = write(
+        tmp_path,
+        '[env]\ninclude = ["DB_*"]\n[env.override]\nLOG = "debug"\n"A.B" = ""\n',
+        "table.toml",
+    )
+    values = config.load_config(flat)
+    assert values == config.load_config(table)
+    assert values == {"env_include": ["DB_*"], "env_override": {"LOG": "debug", "A.B": ""}}
+    assert config.describe(values) == ["env-include = DB_*", "env-override = LOG=debug, A.B="]
+
+
+def test_env_override_must_be_a_table_of_strings(tmp_path: Path) -> None:
+    err = error_for(tmp_path, '[env]\nmode = "merge"\noverride = { PORT = 8080 }\n')
+    assert err.line == 3
+    assert "'env.override' must be a table of strings, not a table" in str(err)
+    err = error_for(tmp_path, 'ui = "plain"\nenv-override = { "A=B" = "x" }\n')
+    assert err.line == 2
+    assert "'env-override': 'A=B' is not an environment variable name" in str(err)
+
+
+def test_re_patterns_in_fs_keys_must_compile(tmp_path: Path) -> None:
+    path = write(tmp_path, '[fs]\nremote = ["re:^/etc/app/.*\\\\.yaml$", "/srv/**"]\n')
+    assert config.load_config(path)["fs_remote"] == ["re:^/etc/app/.*\\.yaml$", "/srv/**"]
+    err = error_for(tmp_path, '[fs]\nmode = "read"\nlocal = ["re:(unclosed"]\n')
+    assert err.line == 3
+    assert "'fs.local': '(unclosed' is not a valid regular expression" in str(err)
+    err = error_for(tmp_path, 'fs-remote = ["re:"]\n')
+    assert "no regular expression after re:" in str(err)
+
+
 def test_agent_exec_as_a_list_is_joined_safely(tmp_path: Path) -> None:
     path = write(tmp_path, 'agent-exec = ["ssh", "host", "my agent"]\n')
     assert config.load_config(path)["agent_exec"] == "ssh host 'my agent'"
 
 
 def test_example_config_loads_and_checks() -> None:
-    values = config.check_config(EXAMPLE)
-    assert values["agent_exec"]
-    assert config.describe(values)
+    loaded = config.check_config(EXAMPLE)
+    assert loaded.values["agent_exec"]
+    assert loaded.warnings == []
+    assert config.describe(loaded.values)
 
 
 # Mistakes: each names the file, the key and the line
