@@ -188,7 +188,8 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         tracer.install_sigchld()
         _take_signals(child.pid, tracer)
         command_env, from_pod = resolve_env(
-            options.env, env, session.pod_env, options.env_exclude
+            options.env, env, session.pod_env, options.env_exclude,
+            include=options.env_include, override=options.env_override,
         )
         if options.ui in ("plain", "live"):
             described = describe_env(command_env, from_pod, session.pod_env is not None)

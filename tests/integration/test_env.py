@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cluster import Cluster
@@ -82,3 +84,19 @@ def test_plain_ui_names_the_variables_but_never_shows_them(cluster: Cluster,
     assert "DATABASE_URL" in line and "FEATURE_FLAGS" in line
     assert "postgres" not in out.stderr and "fast-checkout" not in out.stderr
 
+
+
+def test_a_mirrord_json_gives_the_same_environment_rules(cluster: Cluster, target: int,
+                                                        tmp_path: Path) -> None:
+    """Teams moving from mirrord keep their file: env include and override apply."""
+    config = tmp_path / "mirrord.json"
+    config.write_text(json.dumps({"feature": {"env": {
+        "include": "DATABASE_*;LANG", "override": {"LOG_LEVEL": "debug"}}}}))
+    agent = cluster.agent_exec + f" --target-pid {target}"
+    out = cluster.run(["env"], agent_exec=agent, env=LOCAL_ENV, mt_args=["-f", str(config)])
+    assert out.returncode == 0, out.stderr
+    env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    assert env["DATABASE_URL"] == POD_ENV["DATABASE_URL"]
+    assert "FEATURE_FLAGS" not in env  # not included
+    assert env["LANG"] == LOCAL_ENV["LANG"]  # included, but merge keeps the session's
+    assert env["LOG_LEVEL"] == "debug"
