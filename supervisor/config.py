@@ -436,7 +436,11 @@ def _find_line(text: str, table: str | None, key: str) -> int | None:
     return None
 
 
-def _toml_type(value: Any) -> str:
+def describe_value(value: Any, mapping: str = "a table") -> str:
+    """How an error names a wrong value: its type, and the value when short.
+    `mapping` is what the file format calls a dict (TOML: a table; JSON: an object)."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
@@ -446,8 +450,12 @@ def _toml_type(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
-        return "a table"
+        return mapping
     return f"a {type(value).__name__}"
+
+
+def _toml_type(value: Any) -> str:
+    return describe_value(value)
 
 
 def _strip_option(message: str) -> str:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import options as opt
-from supervisor.config import _strip_option, path_from_file
+from supervisor.config import _strip_option, describe_value, path_from_file
 from supervisor.errors import ConfigError, UsageError
 
 Key = tuple[str | int, ...]
@@ -596,14 +596,4 @@ def _dotted(key: Key) -> str:
 
 
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
+    return describe_value(value, mapping="an object")
