@@ -431,14 +431,14 @@ class Tracer:
             k.cont(th.tid)
             return
         call = CallView(self, th, regs, nr)
-        saved = k.Regs.from_buffer_copy(regs)
         try:
             outcome = handler(call, self.session)
         except NeedScratch:
             # Every slot is held by a thread inside a rewritten call: map another
             # region, then this syscall runs again and the handler with it (handlers
-            # are idempotent at entry, as ERESTARTSYS demands anyway).
-            self._inject_mmap(th, saved)
+            # are idempotent at entry, as ERESTARTSYS demands anyway). Handlers never
+            # change registers themselves, so `regs` is still the entry state.
+            self._inject_mmap(th, regs)
             return
         self._apply(th, call, outcome)
 
