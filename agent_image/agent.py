@@ -19,17 +19,19 @@ import sys
 
 from agent_image import __version__
 from agent_image import protocol as p
+from agent_image.files import PodFiles
 from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
 
-FEATURES = ("connect", "udp", "read_file", "uname", "source_for", "env")
+FEATURES = ("connect", "udp", "read_file", "uname", "source_for", "env", "files")
 
 
 class Agent:
     """The request handlers; one instance per session."""
 
-    def __init__(self, target_pid: int | None) -> None:
+    def __init__(self, target_pid: int | None, root: str | None = None) -> None:
         self.target_pid = target_pid
-        self.root = f"/proc/{target_pid}/root" if target_pid else ""
+        self.root = f"/proc/{target_pid}/root" if target_pid else (root or "")
+        self._files: PodFiles | None = None
         self.channel: Channel | None = None
 
     async def handle(self, sid: int, msg: p.Message) -> p.Message | None:
@@ -39,6 +41,12 @@ class Agent:
             return await self.udp_open(sid, msg)
         if isinstance(msg, p.ReadFile):
             return self.read_file(msg)
+        if isinstance(msg, p.Stat):
+            return self.stat(msg)
+        if isinstance(msg, p.ListDir):
+            return p.DirEntries(entries=[[e.name, e.kind] for e in self.files.listdir(msg.path)])
+        if isinstance(msg, p.ReadLink):
+            return p.LinkTarget(target=self.files.readlink(msg.path))
         if isinstance(msg, p.GetEnv):
             return self.environment()
         if isinstance(msg, p.SourceFor):
@@ -124,19 +132,25 @@ class Agent:
         except OSError as exc:
             return p.ErrorReply.from_oserror(exc)
 
+    @property
+    def files(self) -> PodFiles:
+        if self._files is None:
+            self._files = PodFiles(self.root or "/")
+        return self._files
+
     def read_file(self, msg: p.ReadFile) -> p.Message:
-        if not msg.path.startswith("/"):
-            return p.ErrorReply(errno="EINVAL", message="path must be absolute")
-        try:
-            with open(self.root + msg.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read(msg.max_bytes + 1)
-        except OSError as exc:
-            return p.ErrorReply.from_oserror(exc)
-        if len(data) > msg.max_bytes:
-            return p.ErrorReply(errno="EFBIG", message=f"larger than {msg.max_bytes} bytes")
-        return p.FileData(
-            path=msg.path, size=st.st_size, mode=st.st_mode, mtime=st.st_mtime, blob=data
+        limit = max(0, min(msg.max_bytes, p.MAX_PAYLOAD - 4096))
+        st, data = self.files.read(msg.path, max(0, msg.offset), limit)
+        return p.FileData(path=msg.path, size=st.st_size, mode=st.st_mode, mtime=st.st_mtime,
+                          offset=msg.offset, blob=data)
+
+    def stat(self, msg: p.Stat) -> p.Message:
+        st = self.files.stat(msg.path, follow=msg.follow)
+        return p.StatInfo(
+            mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink,
+            ino=st.st_ino, dev=st.st_dev, rdev=st.st_rdev, blksize=st.st_blksize,
+            blocks=st.st_blocks, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
         )
 
 
@@ -148,9 +162,9 @@ def _domainname() -> str:
         return "(none)"
 
 
-async def serve(target_pid: int | None) -> str | None:
+async def serve(target_pid: int | None, root: str | None = None) -> str | None:
     """Serve one session on stdin/stdout; returns the reason it ended (None if clean)."""
-    agent = Agent(target_pid)
+    agent = Agent(target_pid, root)
     channel = Channel(
         "agent", agent.handle, software=f"mirrortrace-agent {__version__}", features=FEATURES
     )
@@ -185,12 +199,19 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="read files and environment as process PID sees them (/proc/PID/root)",
     )
+    parser.add_argument(
+        "--root",
+        help="serve files from this directory as the pod's / (a mounted container root "
+        "filesystem); --target-pid takes precedence",
+    )
     parser.add_argument("--version", action="version", version=f"mirrortrace-agent {__version__}")
     args = parser.parse_args(argv)
+    if args.root is not None and not os.path.isdir(args.root):
+        parser.exit(2, f"mirrortrace-agent: --root {args.root} is not a directory\n")
     if args.target_pid is not None and not os.path.isdir(f"/proc/{args.target_pid}/root"):
         parser.exit(2, f"mirrortrace-agent: no process {args.target_pid} to serve files of\n")
     try:
-        reason = asyncio.run(serve(args.target_pid))
+        reason = asyncio.run(serve(args.target_pid, args.root))
     except KeyboardInterrupt:
         reason = "interrupted"
     if reason:

@@ -373,11 +373,13 @@ class Source(Message):
 @message
 @dataclass
 class ReadFile(Message):
-    """Read a small file whole (resolver files, hostname); the reply's blob holds it."""
+    """Read up to max_bytes of a file from offset; the reply's blob holds them, and its
+    size says how much there is in all, so large files travel in chunks."""
 
     op: ClassVar[str] = "read_file"
     path: str
     max_bytes: int = 1 << 20
+    offset: int = 0
 
 
 @message
@@ -388,6 +390,66 @@ class FileData(Message):
     size: int
     mode: int
     mtime: float
+    offset: int = 0
+
+
+@message
+@dataclass
+class Stat(Message):
+    """stat(2) (follow=True) or lstat(2) of a path, resolved inside the pod's root."""
+
+    op: ClassVar[str] = "stat"
+    path: str
+    follow: bool = True
+
+
+@message
+@dataclass
+class StatInfo(Message):
+    op: ClassVar[str] = "stat_info"
+    mode: int
+    size: int
+    uid: int
+    gid: int
+    nlink: int
+    ino: int
+    dev: int
+    rdev: int
+    blksize: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@message
+@dataclass
+class ListDir(Message):
+    op: ClassVar[str] = "list_dir"
+    path: str
+
+
+@message
+@dataclass
+class DirEntries(Message):
+    """Names and kinds ("file", "dir", "link", "other"), sorted by name."""
+
+    op: ClassVar[str] = "dir_entries"
+    entries: list[list[str]]
+
+
+@message
+@dataclass
+class ReadLink(Message):
+    op: ClassVar[str] = "read_link"
+    path: str
+
+
+@message
+@dataclass
+class LinkTarget(Message):
+    op: ClassVar[str] = "link_target"
+    target: str
 
 
 @message
