@@ -14,19 +14,6 @@
 
 #include "common.h"
 
-static int tracer_pid(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	int pid = -1;
-	while (f && fgets(line, sizeof line, f))
-		if (sscanf(line, "TracerPid: %d", &pid) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return pid;
-}
-
 static void grandchild(const char *state)
 {
 	int null = open("/dev/null", O_RDWR);

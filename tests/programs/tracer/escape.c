@@ -25,19 +25,6 @@
 #define SYS_io_uring_setup 425
 #endif
 
-static int tracer_pid(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	int pid = -1;
-	while (f && fgets(line, sizeof line, f))
-		if (sscanf(line, "TracerPid: %d", &pid) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return pid;
-}
-
 int main(void)
 {
 	struct clone_args args;

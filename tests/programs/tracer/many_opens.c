@@ -12,12 +12,10 @@
  */
 #include <fcntl.h>
 #include <netdb.h>
-#include <pthread.h>
 
-#include "common.h"
+#include "threads.h"
 
 static int nthreads = 200, rounds = 20, resolve;
-static pthread_barrier_t barrier;
 
 static const char *check_open(void)
 {
@@ -89,20 +87,5 @@ int main(int argc, char **argv)
 		nthreads = atoi(argv[2]);
 	if (argc > 3)
 		rounds = atoi(argv[3]);
-	pthread_t *t = calloc((size_t)nthreads, sizeof *t);
-	pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
-	pthread_attr_t attr;
-	pthread_attr_init(&attr);
-	pthread_attr_setstacksize(&attr, 256 * 1024);
-	for (int i = 0; i < nthreads; i++)
-		if (pthread_create(&t[i], &attr, worker, (void *)(long)i))
-			die("pthread_create");
-	int ok = 0;
-	for (int i = 0; i < nthreads; i++) {
-		void *res;
-		pthread_join(t[i], &res);
-		ok += res == NULL;
-	}
-	say("ok %d\n", ok);
-	return ok == nthreads ? 0 : 1;
+	return run_threads(nthreads, worker);
 }

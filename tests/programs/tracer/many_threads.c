@@ -8,14 +8,12 @@
  *
  * Prints one "thread I N LEN FNV" line per thread (or "thread I error ..."), then "ok COUNT".
  */
-#include <pthread.h>
 
-#include "common.h"
+#include "threads.h"
 
 #define BASE 1000
 
 static int nthreads = 200;
-static pthread_barrier_t barrier;
 
 static void *worker(void *arg)
 {
@@ -65,20 +63,5 @@ int main(int argc, char **argv)
 {
 	if (argc > 1)
 		nthreads = atoi(argv[1]);
-	pthread_t *t = calloc((size_t)nthreads, sizeof *t);
-	pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
-	pthread_attr_t attr;
-	pthread_attr_init(&attr);
-	pthread_attr_setstacksize(&attr, 256 * 1024);
-	for (int i = 0; i < nthreads; i++)
-		if (pthread_create(&t[i], &attr, worker, (void *)(long)i))
-			die("pthread_create");
-	int ok = 0;
-	for (int i = 0; i < nthreads; i++) {
-		void *res;
-		pthread_join(t[i], &res);
-		ok += res == NULL;
-	}
-	say("ok %d\n", ok);
-	return ok == nthreads ? 0 : 1;
+	return run_threads(nthreads, worker);
 }
