@@ -19,10 +19,12 @@ import sys
 
 from agent_image import __version__
 from agent_image import protocol as p
-from agent_image.files import PodFiles
+from agent_image.files import PodFiles, target_creds
 from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
 
-FEATURES = ("connect", "udp", "read_file", "uname", "source_for", "env", "files")
+FEATURES = (
+    "connect", "udp", "read_file", "uname", "source_for", "env", "files", "write_files",
+)
 
 
 class Agent:
@@ -42,11 +44,29 @@ class Agent:
         if isinstance(msg, p.ReadFile):
             return self.read_file(msg)
         if isinstance(msg, p.Stat):
-            return self.stat(msg)
+            return _stat_info(self.files.stat(msg.path, follow=msg.follow))
         if isinstance(msg, p.ListDir):
-            return p.DirEntries(entries=[[e.name, e.kind] for e in self.files.listdir(msg.path)])
+            listing = self.files.listdir(msg.path)
+            return p.DirEntries(entries=[[e.name, e.kind, e.ino] for e in listing])
         if isinstance(msg, p.ReadLink):
             return p.LinkTarget(target=self.files.readlink(msg.path))
+        if isinstance(msg, p.WriteFile):
+            return _stat_info(self.files.write(
+                msg.path, msg.blob, msg.offset, truncate=msg.truncate, create=msg.create,
+                mode=msg.mode, size=msg.size,
+            ))
+        if isinstance(msg, p.Unlink):
+            self.files.unlink(msg.path, directory=msg.directory)
+            return p.Done()
+        if isinstance(msg, p.Rename):
+            self.files.rename(msg.src, msg.dst, msg.flags)
+            return p.Done()
+        if isinstance(msg, p.MakeDir):
+            self.files.mkdir(msg.path, msg.mode)
+            return p.Done()
+        if isinstance(msg, p.Access):
+            self.files.access(msg.path, msg.mode, follow=msg.follow)
+            return p.Done()
         if isinstance(msg, p.GetEnv):
             return self.environment()
         if isinstance(msg, p.SourceFor):
@@ -134,24 +154,26 @@ class Agent:
 
     @property
     def files(self) -> PodFiles:
+        """The pod's files, opened at the first file request; a failure (the target
+        gone) is that request's error, and the next one tries again."""
         if self._files is None:
-            self._files = PodFiles(self.root or "/")
+            self._files = PodFiles(self.root or "/", target_creds(self.target_pid))
         return self._files
 
     def read_file(self, msg: p.ReadFile) -> p.Message:
         limit = max(0, min(msg.max_bytes, p.MAX_PAYLOAD - 4096))
         st, data = self.files.read(msg.path, max(0, msg.offset), limit)
         return p.FileData(path=msg.path, size=st.st_size, mode=st.st_mode, mtime=st.st_mtime,
-                          offset=msg.offset, blob=data)
+                          offset=msg.offset, mtime_ns=st.st_mtime_ns, blob=data)
 
-    def stat(self, msg: p.Stat) -> p.Message:
-        st = self.files.stat(msg.path, follow=msg.follow)
-        return p.StatInfo(
-            mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink,
-            ino=st.st_ino, dev=st.st_dev, rdev=st.st_rdev, blksize=st.st_blksize,
-            blocks=st.st_blocks, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-        )
+
+def _stat_info(st: os.stat_result) -> p.StatInfo:
+    return p.StatInfo(
+        mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink,
+        ino=st.st_ino, dev=st.st_dev, rdev=st.st_rdev, blksize=st.st_blksize,
+        blocks=st.st_blocks, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+    )
 
 
 def _domainname() -> str:

@@ -391,6 +391,7 @@ class FileData(Message):
     mode: int
     mtime: float
     offset: int = 0
+    mtime_ns: int = 0  # exact, so a cached copy can be revalidated (mtime is rounded)
 
 
 @message
@@ -432,10 +433,11 @@ class ListDir(Message):
 @message
 @dataclass
 class DirEntries(Message):
-    """Names and kinds ("file", "dir", "link", "other"), sorted by name."""
+    """[name, kind, ino] per entry, sorted by name; kind is "file", "dir", "link", "chr",
+    "blk", "fifo", "sock" or "other" (enough for getdents64's d_type), ino the d_ino."""
 
     op: ClassVar[str] = "dir_entries"
-    entries: list[list[str]]
+    entries: list[list[str | int]]
 
 
 @message
@@ -450,6 +452,78 @@ class ReadLink(Message):
 class LinkTarget(Message):
     op: ClassVar[str] = "link_target"
     target: str
+
+
+@message
+@dataclass
+class WriteFile(Message):
+    """Write the blob at offset, resolved inside the pod's root; replies with StatInfo of
+    the file afterwards. A file larger than a frame goes back in chunks: the first with
+    create and truncate, the rest at their offsets, the last with size=total (an
+    ftruncate, so a shrunk file ends where it should). mode applies only when the file
+    is created, exactly as given: the agent's umask plays no part, apply the program's
+    before sending."""
+
+    op: ClassVar[str] = "write_file"
+    path: str
+    offset: int = 0
+    truncate: bool = False
+    create: bool = False
+    mode: int = 0o644
+    size: int | None = None
+
+
+@message
+@dataclass
+class Unlink(Message):
+    """unlink(2), or rmdir(2) with directory=True; a symlink as the last component is
+    removed itself, never followed. Replies Done."""
+
+    op: ClassVar[str] = "unlink"
+    path: str
+    directory: bool = False
+
+
+@message
+@dataclass
+class Rename(Message):
+    """renameat2(2) of src to dst, both inside the pod's root; flags are renameat2's
+    (RENAME_NOREPLACE=1, RENAME_EXCHANGE=2). Replies Done."""
+
+    op: ClassVar[str] = "rename"
+    src: str
+    dst: str
+    flags: int = 0
+
+
+@message
+@dataclass
+class MakeDir(Message):
+    """mkdir(2); mode exactly as given, as for WriteFile. Replies Done."""
+
+    op: ClassVar[str] = "make_dir"
+    path: str
+    mode: int = 0o755
+
+
+@message
+@dataclass
+class Access(Message):
+    """access(2) as the target container's process would get the answer (its fsuid,
+    fsgid and groups); follow=False checks a symlink itself. Replies Done or the errno."""
+
+    op: ClassVar[str] = "access"
+    path: str
+    mode: int
+    follow: bool = True
+
+
+@message
+@dataclass
+class Done(Message):
+    """Success of a request whose only answer is that it worked."""
+
+    op: ClassVar[str] = "done"
 
 
 @message

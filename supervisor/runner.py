@@ -26,6 +26,7 @@ from supervisor import kernel as k
 from supervisor.environment import describe_env, encode_environ, parse_environ, resolve_env
 from supervisor.errors import CommandNotFoundError, MirrortraceError
 from supervisor.events import make_bus
+from supervisor.fs_policy import FsPolicy
 from supervisor.options import RunOptions
 from supervisor.seccomp import TrapRule, build_filter, install_filter
 from supervisor.session import Session
@@ -161,13 +162,14 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         local_cidrs=options.local_cidrs,
         agent=agent,
         want_env=options.env != "local",
+        fs_policy=_fs_policy(options),
     )
     tracer: Tracer | None = None
     inactive = _inactive_options(options)
     if inactive:
         bus.notice(
             f"mirrortrace: {', '.join(inactive)} not active in this build yet: COMMAND "
-            "sees local files and no incoming traffic"
+            "receives no incoming traffic"
         )
     try:
         env = dict(os.environ)
@@ -195,14 +197,16 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
             described = describe_env(command_env, from_pod, session.pod_env is not None)
             bus.notice("mirrortrace: " + described)
         child.go(command_env)
+        # The child's execve is itself a trapped call, so the tracer must be running
+        # for it to happen: whether it failed is read once everything has ended.
+        status = tracer.run()
         err = child.exec_error()
         if err is not None:
-            tracer.run()
             raise CommandNotFoundError(
                 f"{options.command[0]}: cannot execute: {os.strerror(err)}",
                 "check that COMMAND is an executable for this machine",
             )
-        return exit_code(tracer.run())
+        return exit_code(status)
     finally:
         if tracer is not None:
             tracer.kill_all()
@@ -215,11 +219,21 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
 def _inactive_options(options: RunOptions) -> list[str]:
     """Options the interface accepts whose features are not in this build yet."""
     out = []
-    if options.fs != "read" or options.fs_remote or options.fs_local:
-        out.append("--fs")
     if options.incoming != "off" or options.port_map:
         out.append("--incoming")
     return out
+
+
+def _fs_policy(options: RunOptions) -> FsPolicy:
+    program = options.command[0]
+    return FsPolicy(
+        options.fs,
+        remote=options.fs_remote,
+        local=options.fs_local,
+        cwd=os.getcwd(),
+        home=os.environ.get("HOME"),
+        program=shutil.which(program) if "/" not in program else program,
+    )
 
 
 def _take_signals(pid: int, tracer: Tracer) -> None:

@@ -31,12 +31,15 @@ from agent_image.mux import Channel, ChannelClosed
 from supervisor.environment import parse_environ
 from supervisor.errors import AgentStartError
 from supervisor.events import Event, EventBus
+from supervisor.fs_policy import FsPolicy
 from supervisor.policy import NetworkPolicy, parse_resolv_conf
 from supervisor.relay_tcp import TcpRelays
 from supervisor.relay_udp import UdpRelays
+from supervisor.remote_files import RemoteFiles
 from supervisor.transport import spawn_agent
 
 HANDSHAKE_TIMEOUT = 60.0
+WRITE_BACK_TIMEOUT = 120.0
 RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
 Addr = tuple[str, int]
 
@@ -46,7 +49,7 @@ class Session(TcpRelays, UdpRelays):
 
     def __init__(self, agent_argv: list[str], bus: EventBus, *, dns: bool, outgoing: str,
                  local_cidrs: list[Any], agent: subprocess.Popen[bytes] | None = None,
-                 want_env: bool = False) -> None:
+                 want_env: bool = False, fs_policy: FsPolicy | None = None) -> None:
         self.agent_argv = agent_argv
         self.bus = bus
         self.dns = dns
@@ -65,6 +68,9 @@ class Session(TcpRelays, UdpRelays):
         self.pod_env: dict[str, str] | None = None  # fetched when want_env
         self.pod_files: dict[bytes, bytes] = {}  # pod path -> path the program opens instead
         self._memfds: list[int] = []
+        self.fs: RemoteFiles | None = None
+        if fs_policy is not None and fs_policy.active:
+            self.fs = RemoteFiles(fs_policy, self.loop, lambda: self.channel, bus.notice)
         self._stderr_tail: deque[str] = deque(maxlen=5)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._woken: deque[tuple[int, concurrent.futures.Future[Any]]] = deque()
@@ -128,6 +134,8 @@ class Session(TcpRelays, UdpRelays):
         if self._closing:
             return
         self._closing = True
+        if self.fs is not None and self.thread.is_alive() and self.lost is None:
+            self.fs.flush(WRITE_BACK_TIMEOUT)  # COMMAND has ended: its last changes go back
         if self.thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(self._close(), self.loop)
             try:
@@ -147,6 +155,8 @@ class Session(TcpRelays, UdpRelays):
                 self.agent.wait()
             except ChildProcessError:
                 pass  # reaped by the tracer's waitpid(-1)
+        if self.fs is not None:
+            self.fs.close()
         for fd in self._memfds:
             os.close(fd)
         self._memfds.clear()

@@ -106,6 +106,57 @@ class Policy(Protocol):
         ...
 
 
+MISSING_HERE = "the pod's: not on this machine"
+"""The rule for a path the policy gave the pod only because it is not here."""
+
+
+class Files(Protocol):
+    """The pod's file system as handlers see it (supervisor/remote_files.py).
+
+    Futures complete in the session's thread with the answer or an ErrorReply
+    (agent_image.protocol) carrying the pod's errno. `root` is the session's
+    private cache directory: a pod path P is mirrored at root + P.
+    """
+
+    root: bytes
+    mode: str  # "read" or "write"
+    active: bool  # a pod path has been used: fstat and getcwd need a look from now on
+
+    def decide(self, path: bytes, in_pod: bool) -> tuple[bool, str]:
+        """(is it the pod's, the rule that decided)."""
+        ...
+
+    def open(self, path: bytes, flags: int, mode: int, umask: int) -> Future:
+        """Make the cached copy ready for this open: its local path (bytes)."""
+        ...
+
+    def chdir(self, path: bytes) -> Future:
+        """A pod directory, mirrored in the cache: its local path (bytes)."""
+        ...
+
+    def stat(self, path: bytes, follow: bool) -> Future:
+        """The pod's metadata (StatInfo), or the cached copy's when it has local changes."""
+        ...
+
+    def copy_meta(self, path: bytes) -> Any:
+        """Metadata for an fd on the cached copy of path (no round trip), or None."""
+        ...
+
+    def access(self, path: bytes, mode: int, follow: bool) -> Future: ...
+
+    def readlink(self, path: bytes) -> Future:
+        """The link's target (bytes)."""
+        ...
+
+    def unlink(self, path: bytes, directory: bool) -> Future: ...
+
+    def rename(self, src: bytes, dst: bytes, flags: int) -> Future: ...
+
+    def mkdir(self, path: bytes, mode: int) -> Future: ...
+
+    def truncate(self, path: bytes, length: int) -> Future: ...
+
+
 class Session(Protocol):
     """What handlers may ask of the running session (supervisor/session.py and its
     relays implement it; tests use fakes). Everything here is safe to call from the
@@ -114,6 +165,7 @@ class Session(Protocol):
     policy: Policy
     nodename: str | None
     pod_files: dict[bytes, bytes]  # pod path -> the path the program opens instead
+    fs: Files | None  # None with --fs local
     PENDING: object  # what `within` gives when the time ran out first
     tcp_inflight: dict[int, tuple[Future, Addr]]  # socket inode -> pod-side connect
     tcp_remote: dict[Addr, Addr]  # program socket's local address -> remote

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from syscalls import net, process, resolver
+from syscalls import files, net, process
 from syscalls.base import Handler
 
 FULL = "full"
@@ -28,32 +28,59 @@ class Entry:
     only_if_arg: int | None = None  # trapped only when this argument is non-zero
 
 
+_POD = "pod paths per the --fs policy"
+_ANSWERED = _POD + "; answered from the pod's metadata"
+_CHANGES = _POD + "; write mode changes the pod, read mode EROFS, across EXDEV"
+
 TABLE: dict[str, Entry] = {
-    "access": Entry(resolver.access, PARTIAL, "resolver files only (absolute paths)"),
+    "access": Entry(files.access, FULL, _POD + "; the target's own permissions"),
+    "chdir": Entry(files.chdir, FULL, _POD + "; enters the directory's mirror in the cache"),
     "clone": Entry(process.clone, FULL, "CLONE_UNTRACED cleared"),
     "clone3": Entry(None, REFUSED, "ENOSYS: flags live in memory the filter cannot see; "
                     "libc falls back to clone", refuse=errno.ENOSYS),
     "connect": Entry(net.connect, FULL, "TCP and UDP to diverted destinations go via the agent"),
-    "faccessat": Entry(resolver.faccessat, PARTIAL, "resolver files only (absolute paths)"),
-    "faccessat2": Entry(resolver.faccessat, PARTIAL, "resolver files only (absolute paths)"),
+    "creat": Entry(files.creat, FULL, _POD + "; created in the pod (write mode)"),
+    "execve": Entry(files.execve, FULL, "a pod path is refused (EACCES): programs run from here"),
+    "faccessat": Entry(files.faccessat, FULL, _POD + "; the target's own permissions"),
+    "faccessat2": Entry(files.faccessat2, FULL, _POD + "; the target's own permissions"),
+    "fstat": Entry(files.fstat, FULL, "an fd on a pod file shows the pod's metadata"),
+    "getcwd": Entry(files.getcwd, FULL, "inside a pod directory, the pod path"),
     "getpeername": Entry(net.getpeername, FULL, "relay address replaced by the remote's"),
     "getsockname": Entry(net.getsockname, FULL, "a diverted socket shows its pod-side address"),
+    "getxattr": Entry(files.getxattr, PARTIAL, _POD + "; the pod's xattrs are not fetched"),
     "io_uring_setup": Entry(None, REFUSED, "ENOSYS: io_uring would bypass the supervisor",
                             refuse=errno.ENOSYS),
+    "lgetxattr": Entry(files.lgetxattr, PARTIAL, _POD + "; the pod's xattrs are not fetched"),
     "listen": Entry(net.listen, FULL, "shown as a listen event"),
-    "newfstatat": Entry(resolver.newfstatat, PARTIAL, "resolver files only; lstat left alone"),
-    "open": Entry(resolver.open_, PARTIAL, "resolver files only (absolute paths)"),
-    "openat": Entry(resolver.openat, PARTIAL, "resolver files only (absolute paths)"),
-    "openat2": Entry(resolver.openat2, PARTIAL, "resolver files only (absolute paths)"),
+    "listxattr": Entry(files.listxattr, PARTIAL, _POD + "; the pod's xattrs are not fetched"),
+    "llistxattr": Entry(files.llistxattr, PARTIAL, _POD + "; the pod's xattrs are not fetched"),
+    "lstat": Entry(files.lstat, FULL, _ANSWERED),
+    "mkdir": Entry(files.mkdir, FULL, _CHANGES),
+    "mkdirat": Entry(files.mkdirat, FULL, _CHANGES),
+    "newfstatat": Entry(files.newfstatat, FULL, _ANSWERED + "; fstat of an fd on a pod file too"),
+    "open": Entry(files.open_, FULL, _POD + "; resolver files are always the pod's"),
+    "openat": Entry(files.openat, FULL, _POD + "; resolver files are always the pod's"),
+    "openat2": Entry(files.openat2, PARTIAL, _POD + "; RESOLVE_* flags are applied in the pod "
+                     "as RESOLVE_IN_ROOT"),
+    "readlink": Entry(files.readlink, FULL, _POD + "; /proc links into the cache show pod paths"),
+    "readlinkat": Entry(files.readlinkat, FULL, _POD + "; /proc links into the cache show pod "
+                        "paths"),
     "recvfrom": Entry(net.recvfrom, FULL, "relay source replaced by the remote's",
                       only_if_arg=4),
     "recvmmsg": Entry(net.recvmmsg, FULL, "relay sources replaced by the remotes'"),
     "recvmsg": Entry(net.recvmsg, FULL, "relay source replaced by the remote's"),
+    "rename": Entry(files.rename, FULL, _CHANGES),
+    "renameat": Entry(files.renameat, FULL, _CHANGES),
+    "renameat2": Entry(files.renameat2, FULL, _CHANGES),
+    "rmdir": Entry(files.rmdir, FULL, _CHANGES),
     "sendmmsg": Entry(net.sendmmsg, PARTIAL, "named datagrams sent one per call"),
     "sendmsg": Entry(net.sendmsg, FULL, "named datagrams to diverted destinations"),
     "sendto": Entry(net.sendto, FULL, "named datagrams to diverted destinations",
                     only_if_arg=4),
-    "stat": Entry(resolver.stat, PARTIAL, "resolver files only (absolute paths)"),
-    "statx": Entry(resolver.statx, PARTIAL, "resolver files only; AT_SYMLINK_NOFOLLOW left alone"),
+    "stat": Entry(files.stat, FULL, _ANSWERED),
+    "statx": Entry(files.statx, FULL, _ANSWERED),
+    "truncate": Entry(files.truncate, FULL, _CHANGES),
     "uname": Entry(process.uname, FULL, "nodename is the pod's"),
+    "unlink": Entry(files.unlink, FULL, _CHANGES),
+    "unlinkat": Entry(files.unlinkat, FULL, _CHANGES),
 }

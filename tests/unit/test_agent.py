@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent_image import protocol as p
+from agent_image.agent import FEATURES, Agent
 from agent_image.mux import Channel, TcpBridge
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,3 +240,53 @@ def test_agent_given_a_truncated_frame_says_so_and_exits() -> None:
     out = subprocess.run(AGENT, input=stream, capture_output=True, timeout=30)
     assert out.returncode == 1
     assert b"in the middle of a frame" in out.stderr
+
+
+def test_agent_writes_a_file_back_in_chunks_and_reads_it_exactly(tmp_path: Path) -> None:
+    agent = Agent(None, root=str(tmp_path))
+
+    async def main() -> None:
+        first = await agent.handle(1, p.WriteFile(path="/f", create=True, truncate=True,
+                                                  mode=0o640, blob=b"hello "))
+        assert isinstance(first, p.StatInfo) and first.size == 6
+        last = await agent.handle(3, p.WriteFile(path="/f", offset=6, size=11, blob=b"world"))
+        assert isinstance(last, p.StatInfo) and last.size == 11
+        data = await agent.handle(5, p.ReadFile(path="/f"))
+        assert isinstance(data, p.FileData) and data.blob == b"hello world"
+        assert data.mtime_ns == last.mtime_ns == os.stat(tmp_path / "f").st_mtime_ns
+        listing = await agent.handle(7, p.ListDir(path="/"))
+        assert listing == p.DirEntries(entries=[["f", "file", os.stat(tmp_path / "f").st_ino]])
+        assert await agent.handle(9, p.Unlink(path="/f")) == p.Done()
+
+    asyncio.run(main())
+    assert not (tmp_path / "f").exists()
+
+
+def test_agent_answers_a_failed_file_change_with_the_errno(tmp_path: Path) -> None:
+    """An OSError from a handler becomes an ErrorReply at the channel, as for reads."""
+    assert "write_files" in FEATURES
+
+    async def main() -> None:
+        agent = Agent(None, root=str(tmp_path))
+        a, b = socket.socketpair()
+        with a, b:
+            sup = Channel("supervisor")
+            served = Channel("agent", agent.handle, features=FEATURES)
+            await sup.open_socket(a)
+            await served.open_socket(b)
+            hello, _ = await asyncio.gather(sup.handshake(5), served.handshake(5))
+            assert "write_files" in hello.features
+            try:
+                missing = await sup.request(p.Unlink(path="/nope"))
+                assert missing == p.ErrorReply(errno="ENOENT", message="No such file or directory")
+                assert await sup.request(p.MakeDir(path="/d")) == p.Done()
+                again = await sup.request(p.MakeDir(path="/d"))
+                assert isinstance(again, p.ErrorReply) and again.errno == "EEXIST"
+                assert await sup.request(p.Access(path="/d", mode=os.X_OK)) == p.Done()
+            finally:
+                sup.goodbye()
+                served.goodbye()
+                await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert (tmp_path / "d").is_dir()

@@ -15,7 +15,7 @@ import pytest
 
 from agent_image import protocol as p
 from supervisor.policy import NetworkPolicy
-from syscalls import net, process, resolver
+from syscalls import files, net, process
 from syscalls.base import PASS, Park, Pass, Return, Rewrite
 from syscalls.sockaddr import decode_sockaddr, encode_sockaddr, inet, inet6
 
@@ -76,6 +76,7 @@ class FakeSession:
                                     nameservers=["198.18.0.53"])
         self.nodename: str | None = "web-7d9f-abcde"
         self.pod_files = {b"/etc/resolv.conf": b"/proc/1/fd/9"}
+        self.fs: Any = None
         self.tcp_inflight: dict[int, Any] = {}
         self.tcp_remote: dict[Any, Any] = {}
         self.tcp_local: dict[Any, Any] = {}
@@ -119,7 +120,7 @@ def _exit(call: FakeCall, outcome: Pass | Rewrite, result: int) -> None:
 def test_opening_a_resolver_file_reads_the_pods_copy(session: FakeSession) -> None:
     call = FakeCall("openat", [-100, 0x1000, os.O_RDONLY | os.O_NOFOLLOW],
                     {0x1000: b"/etc/resolv.conf\0"})
-    out = resolver.openat(call, session)  # type: ignore[arg-type]
+    out = files.openat(call, session)  # type: ignore[arg-type]
     assert isinstance(out, Rewrite)
     assert call.memory[SCRATCH] == b"/proc/1/fd/9\0"  # the program's string is untouched
     assert call.memory[0x1000] == b"/etc/resolv.conf\0"
@@ -131,18 +132,18 @@ def test_opening_a_resolver_file_reads_the_pods_copy(session: FakeSession) -> No
 @pytest.mark.parametrize("path", [b"/etc/passwd\0", b"etc/resolv.conf\0", b"/etc/resolv.conf2\0"])
 def test_other_paths_pass_through(session: FakeSession, path: bytes) -> None:
     call = FakeCall("open", [0x1000, 0], {0x1000: path})
-    assert resolver.open_(call, session) is PASS  # type: ignore[arg-type]
+    assert files.open_(call, session) is PASS  # type: ignore[arg-type]
 
 
 def test_lstat_semantics_keep_the_local_file(session: FakeSession) -> None:
     call = FakeCall("newfstatat", [-100, 0x1000, 0x2000, 0x100], {0x1000: b"/etc/resolv.conf\0"})
-    assert resolver.newfstatat(call, session) is PASS  # type: ignore[arg-type]
+    assert files.newfstatat(call, session) is PASS  # type: ignore[arg-type]
 
 
 def test_without_pod_files_nothing_is_read(session: FakeSession) -> None:
     session.pod_files = {}
     call = FakeCall("open", [0x1000, 0])  # no memory at all: reading would fail
-    assert resolver.open_(call, session) is PASS  # type: ignore[arg-type]
+    assert files.open_(call, session) is PASS  # type: ignore[arg-type]
 
 
 # --- process ----------------------------------------------------------------------------

@@ -94,7 +94,8 @@ messages = st.one_of(
     st.builds(p.UdpOpen, family=st.sampled_from([4, 6])),
     st.builds(p.ReadFile, path=st.text(min_size=1), max_bytes=st.integers(0, 2**31)),
     st.builds(p.FileData, path=st.text(), size=st.integers(0, 2**40), mode=st.integers(0, 0o177777),
-              mtime=st.floats(0, 2e9), blob=st.binary(max_size=4096)),
+              mtime=st.floats(0, 2e9), mtime_ns=st.integers(0, 2**63 - 1),
+              blob=st.binary(max_size=4096)),
     st.builds(p.ErrorReply, errno=st.sampled_from(["ENOENT", "ECONNREFUSED"]), message=st.text()),
     st.builds(p.Hello, version=st.integers(0, 9), role=st.sampled_from(["agent", "supervisor"]),
               features=st.lists(st.text(max_size=8), max_size=4)),
@@ -104,6 +105,40 @@ messages = st.one_of(
 @given(messages)
 def test_messages_round_trip(msg: p.Message) -> None:
     assert p.decode_message(msg.to_payload()) == msg
+
+
+paths = st.text(min_size=1)
+kinds = st.sampled_from(["file", "dir", "link", "chr", "blk", "fifo", "sock", "other"])
+file_changes = st.one_of(
+    st.builds(p.WriteFile, path=paths, offset=st.integers(0, 2**62), truncate=st.booleans(),
+              create=st.booleans(), mode=st.integers(0, 0o7777),
+              size=st.none() | st.integers(0, 2**62), blob=st.binary(max_size=4096)),
+    st.builds(p.Unlink, path=paths, directory=st.booleans()),
+    st.builds(p.Rename, src=paths, dst=paths, flags=st.sampled_from([0, 1, 2])),
+    st.builds(p.MakeDir, path=paths, mode=st.integers(0, 0o7777)),
+    st.builds(p.Access, path=paths, mode=st.integers(0, 7), follow=st.booleans()),
+    st.just(p.Done()),
+    st.builds(p.DirEntries, entries=st.lists(
+        st.tuples(st.text(min_size=1), kinds, st.integers(0, 2**64 - 1)).map(list))),
+)
+
+
+@given(file_changes)
+def test_file_messages_round_trip(msg: p.Message) -> None:
+    back = p.decode_message(msg.to_payload())
+    assert back == msg and type(back) is type(msg)
+
+
+def test_file_requests_default_as_documented() -> None:
+    """What an older or terser supervisor gets when it leaves fields out."""
+    assert p.decode_message(p.encode_control({"op": "write_file", "path": "/f"})) == p.WriteFile(
+        path="/f", offset=0, truncate=False, create=False, mode=0o644, size=None
+    )
+    assert p.decode_message(p.encode_control({"op": "done"})) == p.Done()
+    assert p.decode_message(p.encode_control({"op": "file_data", "path": "/f", "size": 1,
+                                              "mode": 0, "mtime": 0.0})).mtime_ns == 0
+    with pytest.raises(p.ProtocolError, match="lacks field 'mode'"):
+        p.decode_message(p.encode_control({"op": "access", "path": "/f"}))
 
 
 def test_unknown_fields_are_ignored_so_newer_peers_can_add_them() -> None:
