@@ -36,7 +36,7 @@ LOCAL = False
 REMOTE = True
 
 _ALWAYS_LOCAL = (
-    rb"/(?:proc|sys|dev|tmp|usr|bin|sbin|nix|lib[^/]*)(?:/|$)"
+    rb"/(?:proc|sys|dev|tmp|usr|bin|sbin|nix|lib(?:32|64|x32|exec)?)(?:/|$)"
     rb"|/etc/ld\.so\.[^/]*$"
     rb"|.*/[^/]*\.so(?:\.[0-9][0-9.]*)?$"
 )

@@ -95,8 +95,10 @@ def _locate(call: Call, session: Session, dirfd: int, ptr: int,
         base = paths.base_of(call.tid, paths.fd_arg(dirfd))
         if base is None:
             return None
+        mirrored = paths.pod_path(fs.root, base)
+        if mirrored is not None:
+            base, in_pod = mirrored, True  # `..` must stop at the pod's /, not the cache's
         path = paths.join(base, raw)
-        in_pod = paths.pod_path(fs.root, base) is not None
         moved = in_pod
     served = session.pod_files.get(path)
     if served is not None:
@@ -309,11 +311,16 @@ def execve(call: Call, session: Session) -> Outcome:
         return PASS
     if not where.remote:
         return _local(call, where, 0)
-    if not where.moved and where.rule == MISSING_HERE:
-        return PASS  # PATH lookups try many names that exist nowhere: the kernel's ENOENT
-    session.emit(call, "open", where.text, "refused", -errno.EACCES,
-                 detail={"rule": "programs run from this machine, not from the pod"})
-    return Return(-errno.EACCES)
+    assert session.fs is not None
+
+    def refuse(c: Call, result: Any) -> Outcome:
+        if where.rule == MISSING_HERE and _failed(result) is not None:
+            return PASS  # in neither place: the kernel's own ENOENT, as for a PATH miss
+        session.emit(c, "open", where.text, "refused", -errno.EACCES,
+                     detail={"rule": "programs run from this machine, not from the pod"})
+        return Return(-errno.EACCES)
+
+    return Park(session.fs.stat(where.path, True), refuse)
 
 
 # --- the stat family: answered from the pod's metadata ---------------------------------

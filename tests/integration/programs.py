@@ -5,6 +5,8 @@ different way (Go's raw syscalls and pure resolver, musl's static resolver, the 
 c-ares and libuv, busybox, CPython). They are built into one world-readable temp directory
 so unprivileged runs can execute them too. A missing toolchain does not fail the session: the
 program is recorded as unavailable and only the tests that use it are skipped, with the reason.
+Every session builds from the sources afresh (Go with an empty build cache), so an edited
+source is always what runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,8 +47,12 @@ class Programs:
     """Paths and argv prefixes of the built clients; a missing one skips the asking test.
 
     - ``goclient`` (path): ``get [-sha] URL``, ``lookup NAME``, ``srv SERVICE PROTO NAME``,
-      ``hostname``, ``dial HOST:PORT``, ``stress N URL [ITERS]``
+      ``hostname``, ``dial HOST:PORT``, ``env``, ``stress N URL [ITERS]``; files: ``read PATH``
+      ("LEN SHA256HEX"), ``stat PATH`` / ``lstat PATH`` ("SIZE PERM dir|file|link|other"),
+      ``ls DIR`` ("NAME d|f|l|o" lines), ``write PATH TEXT``, ``readlink PATH``
     - ``muslclient`` (path): ``HOST PORT PATH``
+    - ``muslfiles`` (path): ``cat PATH``, ``stat PATH`` / ``lstat PATH`` (as goclient's),
+      ``ls DIR`` (names only), ``write PATH TEXT``
     - ``java`` (argv prefix): ``[*java, URL]``, ``[*java, "lookup", NAME]``,
       ``[*java, "jndi", NAME]``
     - ``node`` (argv prefix): ``get URL``, ``resolve NAME``, ``resolve6 NAME``, ``lookup NAME``
@@ -80,6 +87,10 @@ class Programs:
         return self.require("muslclient")
 
     @property
+    def muslfiles(self) -> str:
+        return self.require("muslfiles")
+
+    @property
     def java(self) -> list[str]:
         classes = self.require("java")
         java = shutil.which("java") or "java"
@@ -106,9 +117,10 @@ class Programs:
 
     def build_all(self) -> None:
         """Build everything, in parallel (the Go build dominates: ~5 s with a cold cache)."""
-        builders = {
+        builders: dict[str, Callable[[], str]] = {
             "goclient": self._build_go,
-            "muslclient": self._build_musl,
+            "muslclient": lambda: self._build_musl("muslclient"),
+            "muslfiles": lambda: self._build_musl("muslfiles"),
             "java": self._build_java,
             "node": self._build_node,
             "busybox": self._find_busybox,
@@ -161,12 +173,14 @@ class Programs:
         shutil.rmtree(work, ignore_errors=True)
         return self._static(out)
 
-    def _build_musl(self) -> str:
+    def _build_musl(self, name: str) -> str:
+        """Build ``tests/programs/NAME.c`` with musl-gcc, statically."""
         cc = shutil.which("musl-gcc")
         if not cc:
             raise _Unavailable("no musl-gcc (apt-get install musl-tools)")
-        out = self.dir / "muslclient"
-        self._run([cc, "-static", "-O2", "-o", str(out), str(SOURCES / "muslclient.c")], "musl")
+        out = self.dir / name
+        source = SOURCES / f"{name}.c"
+        self._run([cc, "-static", "-O2", "-o", str(out), str(source)], f"musl-gcc {source.name}")
         return self._static(out)
 
     def _build_java(self) -> str:

@@ -17,6 +17,17 @@
 //	goclient stress N URL [ITERS]
 //	                            N goroutines, each ITERS (default 10) times: LookupHost of
 //	                            the URL's host + GET; prints "ok COUNT" (exit 1 if any failed)
+//
+// File modes, for checking that a static program sees remote files byte for byte (the Go
+// runtime opens and stats files with raw syscalls, openat and newfstatat, never via libc):
+//
+//	goclient read PATH          os.ReadFile: "LEN SHA256HEX" (as get -sha)
+//	goclient stat PATH          os.Stat: "SIZE PERM KIND", PERM the octal permission bits
+//	                            (e.g. 644), KIND dir, file or other
+//	goclient lstat PATH         os.Lstat: as stat, KIND also link
+//	goclient ls DIR             os.ReadDir: "NAME KIND" lines sorted by name, KIND d, f, l or o
+//	goclient write PATH TEXT    os.WriteFile(PATH, TEXT, 0644); prints nothing
+//	goclient readlink PATH      os.Readlink: the target
 package main
 
 import (
@@ -25,6 +36,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -50,8 +62,57 @@ func fail(err error) {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: goclient get [-sha] URL | lookup NAME | srv SERVICE PROTO NAME | "+
-		"hostname | dial HOST:PORT | stress N URL [ITERS]")
+		"hostname | dial HOST:PORT | env | stress N URL [ITERS] | read PATH | stat PATH | "+
+		"lstat PATH | ls DIR | write PATH TEXT | readlink PATH")
 	os.Exit(2)
+}
+
+// kind names a file type for stat and lstat: dir, file, link or other.
+func kind(mode fs.FileMode) string {
+	switch {
+	case mode.IsDir():
+		return "dir"
+	case mode.IsRegular():
+		return "file"
+	case mode&fs.ModeSymlink != 0:
+		return "link"
+	}
+	return "other"
+}
+
+func printStat(info fs.FileInfo) {
+	// Perm is the rwx bits only: Go keeps setuid, setgid and sticky in other mode bits.
+	fmt.Printf("%d %o %s\n", info.Size(), info.Mode().Perm(), kind(info.Mode()))
+}
+
+func readFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	fmt.Printf("%d %s\n", len(data), hex.EncodeToString(sum[:]))
+	return nil
+}
+
+func list(dir string) error {
+	entries, err := os.ReadDir(dir) // already sorted by name
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		k := "o"
+		switch t := e.Type(); {
+		case t.IsDir():
+			k = "d"
+		case t.IsRegular():
+			k = "f"
+		case t&fs.ModeSymlink != 0:
+			k = "l"
+		}
+		fmt.Printf("%s %s\n", e.Name(), k)
+	}
+	return nil
 }
 
 func get(rawURL string, sha bool) error {
@@ -217,6 +278,49 @@ func main() {
 		if err := stress(n, iters, args[1]); err != nil {
 			fail(err)
 		}
+	case "read":
+		if len(args) != 1 {
+			usage()
+		}
+		if err := readFile(args[0]); err != nil {
+			fail(err)
+		}
+	case "stat", "lstat":
+		if len(args) != 1 {
+			usage()
+		}
+		stat := os.Stat
+		if os.Args[1] == "lstat" {
+			stat = os.Lstat
+		}
+		info, err := stat(args[0])
+		if err != nil {
+			fail(err)
+		}
+		printStat(info)
+	case "ls":
+		if len(args) != 1 {
+			usage()
+		}
+		if err := list(args[0]); err != nil {
+			fail(err)
+		}
+	case "write":
+		if len(args) != 2 {
+			usage()
+		}
+		if err := os.WriteFile(args[0], []byte(args[1]), 0o644); err != nil {
+			fail(err)
+		}
+	case "readlink":
+		if len(args) != 1 {
+			usage()
+		}
+		target, err := os.Readlink(args[0])
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println(target)
 	default:
 		usage()
 	}
