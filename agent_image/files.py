@@ -263,11 +263,14 @@ class PodFiles:
         """The file's metadata and up to length bytes from offset: large files travel in
         chunks, never in one frame."""
         with self._as_target():
-            fd = self._open(path, os.O_RDONLY)
+            # O_NONBLOCK: a fifo (or a tty) must not hang the agent's only thread.
+            fd = self._open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise OSError(errno.ENXIO, "not a regular file", path)
             return st, os.pread(fd, length, offset)
         finally:
             os.close(fd)
@@ -280,7 +283,8 @@ class PodFiles:
         Writing and truncating run as the target too: a file-size limit or quota is
         charged to whoever writes.
         """
-        flags = os.O_WRONLY | (os.O_CREAT if create else 0) | (os.O_TRUNC if truncate else 0)
+        flags = os.O_WRONLY | os.O_NONBLOCK  # a fifo without a reader: ENXIO, not a hang
+        flags |= (os.O_CREAT if create else 0) | (os.O_TRUNC if truncate else 0)
         with self._as_target():
             with _exact_mode():
                 # openat2 refuses a mode without O_CREAT (EINVAL), unlike open(2).

@@ -86,13 +86,16 @@ def format_plain(event: Event, start: float) -> str:
     ``  12.345 curl[1234] connect 198.18.0.10:80 → agent 198.18.0.10:80 0 1.2ms``
 
     Columns are padded to common widths; a longer value pushes the rest of
-    its line right rather than being cut.
+    its line right rather than being cut. A file event ends with the rule that
+    sent it to the pod, in parentheses.
     """
     who = f"{event.comm}[{event.pid}]"
-    return (
+    line = (
         f"{event.ts - start:8.3f} {who:<18} {event.syscall:<10} {event.target:<28} "
         f"→ {event.via:<24} {event.result:<6} {format_latency(event.latency_us):>7}"
     )
+    rule = (event.detail or {}).get("rule")
+    return f"{line}  ({rule})" if rule else line
 
 
 def notice_text(ui: str, text: str) -> str:

@@ -45,6 +45,7 @@ _ALWAYS_REMOTE = re.compile(rb"/(?:var/run/secrets|run/secrets|etc/ssl/certs)(?:
 RULE_PATTERN_LOCAL = "--fs-local {}"
 RULE_PATTERN_REMOTE = "--fs-remote {}"
 RULE_LOCAL = "this machine's: {}"
+RULE_SYSTEM = RULE_LOCAL.format("system path")
 RULE_SECRETS = "the pod's: secrets and CA certificates"
 RULE_MISSING = MISSING_HERE
 RULE_INSIDE = "inside a directory of the pod"
@@ -129,9 +130,8 @@ class FsPolicy:
                 where = os.path.dirname(where)  # /opt/app/bin/app: /opt/app/lib is its too
             if where != "/":
                 named.append((where, "the program's directory"))
-        self._named = named
-        parts = [_ALWAYS_LOCAL] + [_dir_rx(d) for d, _ in named]
-        self._always_local = re.compile(b"|".join(b"(?:" + p + b")" for p in parts))
+        self._named = [(re.compile(_dir_rx(d)), RULE_LOCAL.format(why)) for d, why in named]
+        self._system = re.compile(_ALWAYS_LOCAL)
 
     @property
     def active(self) -> bool:
@@ -151,8 +151,11 @@ class FsPolicy:
             for rx, pattern in self._remote:
                 if rx.search(text):
                     return REMOTE, RULE_PATTERN_REMOTE.format(pattern)
-        if self._always_local.match(path):
-            return LOCAL, self._local_rule(path)
+        for rx, rule in self._named:
+            if rx.match(path):
+                return LOCAL, rule
+        if self._system.match(path):
+            return LOCAL, RULE_SYSTEM
         if _ALWAYS_REMOTE.match(path):
             return REMOTE, RULE_SECRETS
         if in_pod:
@@ -166,10 +169,3 @@ class FsPolicy:
         except OSError:
             return LOCAL, RULE_EXISTS  # here but unreachable (EACCES...): the kernel says so
         return LOCAL, RULE_EXISTS
-
-    def _local_rule(self, path: bytes) -> str:
-        """Spelled out only when asked (events show only diverted calls)."""
-        for directory, why in self._named:
-            if re.match(_dir_rx(directory), path):
-                return RULE_LOCAL.format(why)
-        return RULE_LOCAL.format("system path")

@@ -212,7 +212,13 @@ class RemoteFiles:
         creating = bool(flags & O_CREAT)
         if flags & O_TMPFILE_BIT:
             return _error(errno.EOPNOTSUPP, "O_TMPFILE in a directory of the pod")
+        head = None
+        if path not in self._copies and not flags & (O_DIRECTORY | O_TRUNC):
+            # Never fetched: ask for the first chunk with the stat, so a small file
+            # costs one round trip, not two (an answer that does not fit is dropped).
+            head = asyncio.ensure_future(self._ask(p.ReadFile(path=_text(path), max_bytes=CHUNK)))
         info = await self._ask(p.Stat(path=_text(path), follow=not flags & O_NOFOLLOW))
+        first = await head if head is not None else None
         if _is_error(info, errno.ENOENT) and creating:
             return await self._create(path, mode)
         if isinstance(info, p.ErrorReply):
@@ -245,7 +251,7 @@ class RemoteFiles:
             elif copy is not None and copy.local is not None and _same(copy.info, info):
                 answer = self._local(path)
             else:
-                answer = await self._fetch(path, info)
+                answer = await self._fetch(path, info, first)
             if writing and not isinstance(answer, p.ErrorReply):
                 self._watch_for_writes(path)
         if not isinstance(answer, p.ErrorReply):
@@ -351,14 +357,16 @@ class RemoteFiles:
 
     # --- fetching ------------------------------------------------------------------------
 
-    async def _fetch(self, path: bytes, info: p.StatInfo) -> Answer:
-        """The whole file into a fresh copy, in pipelined chunks; again if it changed."""
+    async def _fetch(self, path: bytes, info: p.StatInfo, first: Any = None) -> Answer:
+        """The whole file into a fresh copy, in pipelined chunks; again if it changed.
+        `first`: the reply to a ReadFile at offset 0 sent with the stat, if any."""
         for _attempt in range(3):
             self._tmp_seq += 1
             tmp = self._tmp + b"/%d" % self._tmp_seq
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                got = await self._fetch_into(fd, path, info)
+                got = await self._fetch_into(fd, path, info, first)
+                first = None
             finally:
                 os.close(fd)
             if isinstance(got, p.ErrorReply):
@@ -381,18 +389,24 @@ class RemoteFiles:
             return local
         return _error(errno.EIO, "the file kept changing while it was read")
 
-    async def _fetch_into(self, fd: int, path: bytes, info: p.StatInfo) -> Any:
+    async def _fetch_into(self, fd: int, path: bytes, info: p.StatInfo, first: Any) -> Any:
         """Fill fd; the StatInfo it was read at (`info`, or a newer one), or an ErrorReply."""
         text = _text(path)
         offsets = list(range(0, max(info.size, 1), CHUNK))
         sem = asyncio.Semaphore(IN_FLIGHT)
         newer: list[Any] = []
+        if not (isinstance(first, p.FileData) and first.offset == 0):
+            first = None
 
         async def one(offset: int) -> Any:
             async with sem:
                 if newer:
                     return None
-                reply = await self._ask(p.ReadFile(path=text, offset=offset, max_bytes=CHUNK))
+                if offset == 0 and first is not None:
+                    reply = first
+                else:
+                    reply = await self._ask(p.ReadFile(path=text, offset=offset,
+                                                       max_bytes=CHUNK))
             if isinstance(reply, p.ErrorReply):
                 return reply
             if reply.size != info.size or (reply.mtime_ns and reply.mtime_ns != info.mtime_ns):

@@ -46,18 +46,34 @@ _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _IGNORED = (signal.SIGINT, signal.SIGQUIT)  # the terminal sends them to COMMAND too
 
 
-def build_program() -> tuple[bytes, dict[int, Any]]:
-    """The seccomp filter and the nr -> handler map, both from syscalls.table."""
+AT_EMPTY_PATH = 0x1000
+
+
+def build_program() -> tuple[bytes, bytes, dict[int, Any]]:
+    """The seccomp filters and the nr -> handler map, all from syscalls.table.
+
+    The first filter is installed before COMMAND starts; the second (the table's
+    pod_only calls) is added to a process when it first uses a pod path.
+    """
     rules: dict[int, TrapRule] = {}
+    later: dict[int, TrapRule] = {}
     handlers: dict[int, Any] = {}
     for name, entry in TABLE.items():
         nr = k.SYSCALL_NUMBERS[name]
         if entry.refuse is not None:
             rules[nr] = TrapRule("errno", errno=entry.refuse)
+            continue
+        handlers[nr] = entry.handler
+        if entry.pod_only:
+            later[nr] = TrapRule("trace")
+        elif entry.empty_path_arg is not None:
+            rules[nr] = TrapRule("trace", only_if_bits=(entry.empty_path_arg, AT_EMPTY_PATH,
+                                                        False))
+            later[nr] = TrapRule("trace", only_if_bits=(entry.empty_path_arg, AT_EMPTY_PATH,
+                                                        True))
         else:
             rules[nr] = TrapRule("trace", only_if_arg_nonzero=entry.only_if_arg)
-            handlers[nr] = entry.handler
-    return build_filter(rules), handlers
+    return build_filter(rules), build_filter(later), handlers
 
 
 def resolve_command(argv: list[str], env: dict[str, str]) -> str:
@@ -174,7 +190,7 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
     try:
         env = dict(os.environ)
         program = resolve_command(options.command, env)
-        bpf, handlers = build_program()
+        bpf, pod_bpf, handlers = build_program()
         sys.stdout.flush()
         sys.stderr.flush()
         child = Child(program, options.command, bpf)
@@ -183,7 +199,8 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         except BaseException:
             child.abort()
             raise
-        tracer = Tracer(handlers, session, session.wake_fd, session.take_wakeups)
+        tracer = Tracer(handlers, session, session.wake_fd, session.take_wakeups,
+                        pod_filter=pod_bpf if session.fs is not None else None)
         tracer.adopt_main(child.pid)
         if session.agent is not None:
             tracer.foreign[session.agent.pid] = lambda status: None

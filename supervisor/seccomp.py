@@ -112,6 +112,9 @@ class TrapRule:
     action: Literal["trace", "errno"]
     errno: int = 0
     only_if_arg_nonzero: int | None = None
+    # (argument index, bits, fire when set): e.g. (3, AT_EMPTY_PATH, False) traps
+    # newfstatat only when its flags do not ask for fstat semantics.
+    only_if_bits: tuple[int, int, bool] | None = None
 
     def __post_init__(self) -> None:
         if self.action == "trace":
@@ -124,6 +127,12 @@ class TrapRule:
             raise ValueError(f"action must be 'trace' or 'errno', got {self.action!r}")
         if self.only_if_arg_nonzero is not None and not 0 <= self.only_if_arg_nonzero <= 5:
             raise ValueError(f"argument index must be in 0..5, got {self.only_if_arg_nonzero}")
+        if self.only_if_bits is not None:
+            index, bits, _ = self.only_if_bits
+            if not 0 <= index <= 5 or not 0 < bits <= 0xFFFFFFFF:
+                raise ValueError(f"bad argument condition {self.only_if_bits!r}")
+            if self.only_if_arg_nonzero is not None:
+                raise ValueError("one argument condition per rule")
 
     @property
     def ret(self) -> int:
@@ -241,6 +250,19 @@ def _ret(value: int) -> _Insn:
 
 
 def _action_block(rule: TrapRule) -> list[_Insn | _Label]:
+    if rule.only_if_bits is not None:
+        # Flags arguments are ints: their low word is all there is to test.
+        index, bits, when_set = rule.only_if_bits
+        fire, allow = _Label(), _Label()
+        return [
+            _ld(SECCOMP_DATA_ARGS + 8 * index),
+            _Insn(BPF_JMP_JSET_K, bits, jt=fire if when_set else allow,
+                  jf=allow if when_set else fire),
+            fire,
+            _ret(rule.ret),
+            allow,
+            _ret(SECCOMP_RET_ALLOW),
+        ]
     if rule.only_if_arg_nonzero is None:
         return [_ret(rule.ret)]
     # A 64-bit argument is non-zero when either 32-bit half is; x86_64 is

@@ -55,6 +55,11 @@ class Call(Protocol):
         """Our duplicate of the tracee's fd (same open file description); caller closes."""
         ...
 
+    def pod_aware(self) -> None:
+        """Called before giving the program a pod path: the engine first adds the filter
+        that traps fstat and getcwd to this process (and then runs the handler again)."""
+        ...
+
 
 class ExitCall(Call, Protocol):
     result: int

@@ -111,6 +111,8 @@ def _locate(call: Call, session: Session, dirfd: int, ptr: int,
     remote, rule = fs.decide(path, in_pod)
     if not remote and not moved:
         return None
+    if remote:
+        call.pod_aware()
     return _Where(path, remote, rule, moved)
 
 

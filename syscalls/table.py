@@ -26,6 +26,11 @@ class Entry:
     note: str
     refuse: int | None = None  # answered by the filter itself with this errno
     only_if_arg: int | None = None  # trapped only when this argument is non-zero
+    # Calls that can only matter once the program uses a pod path (fstat of a copy,
+    # getcwd inside a pod directory) are trapped by a second filter added to a process
+    # at that moment, so programs that never touch the pod never stop for them.
+    pod_only: bool = False
+    empty_path_arg: int | None = None  # this flags argument's AT_EMPTY_PATH form is pod_only
 
 
 _POD = "pod paths per the --fs policy"
@@ -43,8 +48,9 @@ TABLE: dict[str, Entry] = {
     "execve": Entry(files.execve, FULL, "a pod path is refused (EACCES): programs run from here"),
     "faccessat": Entry(files.faccessat, FULL, _POD + "; the target's own permissions"),
     "faccessat2": Entry(files.faccessat2, FULL, _POD + "; the target's own permissions"),
-    "fstat": Entry(files.fstat, FULL, "an fd on a pod file shows the pod's metadata"),
-    "getcwd": Entry(files.getcwd, FULL, "inside a pod directory, the pod path"),
+    "fstat": Entry(files.fstat, FULL, "an fd on a pod file shows the pod's metadata",
+                   pod_only=True),
+    "getcwd": Entry(files.getcwd, FULL, "inside a pod directory, the pod path", pod_only=True),
     "getpeername": Entry(net.getpeername, FULL, "relay address replaced by the remote's"),
     "getsockname": Entry(net.getsockname, FULL, "a diverted socket shows its pod-side address"),
     "getxattr": Entry(files.getxattr, PARTIAL, _POD + "; the pod's xattrs are not fetched"),
@@ -57,7 +63,8 @@ TABLE: dict[str, Entry] = {
     "lstat": Entry(files.lstat, FULL, _ANSWERED),
     "mkdir": Entry(files.mkdir, FULL, _CHANGES),
     "mkdirat": Entry(files.mkdirat, FULL, _CHANGES),
-    "newfstatat": Entry(files.newfstatat, FULL, _ANSWERED + "; fstat of an fd on a pod file too"),
+    "newfstatat": Entry(files.newfstatat, FULL, _ANSWERED + "; fstat of an fd on a pod file too",
+                        empty_path_arg=3),
     "open": Entry(files.open_, FULL, _POD + "; resolver files are always the pod's"),
     "openat": Entry(files.openat, FULL, _POD + "; resolver files are always the pod's"),
     "openat2": Entry(files.openat2, PARTIAL, _POD + "; RESOLVE_* flags are applied in the pod "
@@ -78,7 +85,8 @@ TABLE: dict[str, Entry] = {
     "sendto": Entry(net.sendto, FULL, "named datagrams to diverted destinations",
                     only_if_arg=4),
     "stat": Entry(files.stat, FULL, _ANSWERED),
-    "statx": Entry(files.statx, FULL, _ANSWERED),
+    "statx": Entry(files.statx, FULL, _ANSWERED + "; fstat of an fd on a pod file too",
+                   empty_path_arg=2),
     "truncate": Entry(files.truncate, FULL, _CHANGES),
     "uname": Entry(process.uname, FULL, "nodename is the pod's"),
     "unlink": Entry(files.unlink, FULL, _CHANGES),

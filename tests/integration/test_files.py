@@ -127,12 +127,26 @@ def test_python_reads_and_lists_the_pods_files(cluster: Cluster, pod: PodTree) -
     assert walked == [[], [], ["c.txt"]]
 
 
+def test_every_thread_sees_the_pods_metadata_for_a_pod_fd(cluster: Cluster,
+                                                         pod: PodTree) -> None:
+    """The filter that traps fstat is added to the whole process (TSYNC) the moment one
+    thread gets a pod path, so threads started before that see it too."""
+    script = ("import os, threading, queue; q = queue.Queue(); fds = queue.Queue(); "
+              "t = threading.Thread(target=lambda: q.put(os.fstat(fds.get()).st_uid)); "
+              "t.start(); fd = os.open('/data/log', os.O_RDONLY); fds.put(fd); t.join(); "
+              "print(q.get(), os.fstat(fd).st_uid)")
+    out = run(cluster, pod, [cluster.python, "-c", script])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(APP_UID), str(APP_UID)]
+
+
 def test_a_static_go_program_reads_lists_and_stats_the_pods_files(
         cluster: Cluster, pod: PodTree, programs: Programs) -> None:
     go = programs.goclient
     out = sh(cluster, pod, f"{go} read /data/big.bin; {go} ls /data; "
              f"{go} stat /data/big.bin; {go} lstat /data/config-link; "
-             f"{go} readlink /data/config-link; {go} read /data/config-link")
+             f"{go} readlink /data/config-link; {go} read /data/config-link; "
+             f"{go} fstat /data/big.bin")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         f"{BIG_SIZE} {pod.big_sha}",
@@ -141,6 +155,7 @@ def test_a_static_go_program_reads_lists_and_stats_the_pods_files(
         "22 777 link",
         "../etc/app/config.yaml",
         f"{len(CONFIG)} {hashlib.sha256(CONFIG).hexdigest()}",
+        f"{BIG_SIZE} 644 {APP_UID}",  # raw fstat of the copy: the pod's owner, not ours
     ]
 
 
@@ -305,3 +320,37 @@ def test_nothing_of_the_pod_is_left_on_disk(cluster: Cluster, pod: PodTree,
     out = run(cluster, pod, ["cat", "/etc/app/config.yaml"], env={"TMPDIR": str(tmpdir)})
     assert out.returncode == 0 and out.stdout == CONFIG.decode()
     assert list(tmpdir.iterdir()) == []
+
+
+def test_a_mirrord_json_and_the_equivalent_toml_decide_alike(cluster: Cluster, pod: PodTree,
+                                                            tmp_path: Path) -> None:
+    """Teams moving from mirrord keep their file: its fs mode and patterns apply."""
+    mirrord = tmp_path / "mirrord.json"
+    mirrord.write_text(json.dumps({"feature": {"fs": {
+        "mode": "read", "read_only": ["^/etc/os-release$"], "local": ["^/etc/app/"]}}}))
+    toml = tmp_path / "mirrortrace.toml"
+    toml.write_text('[fs]\nmode = "read"\nremote = ["re:^/etc/os-release$"]\n'
+                    'local = ["/etc/app/**"]\n')
+    script = "cat /etc/os-release; cat /etc/app/config.yaml; echo x >> /data/log"
+    outs = [sh(cluster, pod, script, "-f", str(path)) for path in (mirrord, toml)]
+    for out in outs:
+        assert out.stdout == "NAME=pod-distro\n", out.stderr
+        assert "/etc/app/config.yaml: No such file or directory" in out.stderr
+        assert "/data/log: Read-only file system" in out.stderr
+    assert (pod / "data/log").read_bytes() == b"line 1\n"
+
+
+def test_an_unprivileged_user_reads_the_pods_files(cluster: Cluster, pod: PodTree,
+                                                   unpriv_python: str) -> None:
+    """No root anywhere: the supervisor and an agent serving the tree as its root both run
+    as nobody, so the pod's permissions are the agent's own."""
+    agent = shlex.join([unpriv_python, "-I", "-m", "agent_image", "--root", str(pod.root)])
+    script = ("import hashlib, os; f = open('/data/big.bin', 'rb'); "
+              "print(hashlib.sha256(f.read()).hexdigest(), os.fstat(f.fileno()).st_uid, "
+              "sorted(os.listdir('/data'))[:2]); open('/data/secret.key')")
+    out = cluster.run(["/usr/bin/python3", "-c", script], user="nobody", agent_exec=agent)
+    assert out.returncode == 1
+    sha, uid, names = out.stdout.split(" ", 2)
+    assert (sha, int(uid)) == (pod.big_sha, APP_UID)  # fstat shows the pod's owner
+    assert names.strip() == "['big.bin', 'config-link']"
+    assert "PermissionError" in out.stderr

@@ -457,3 +457,18 @@ def test_files_are_served_with_the_targets_credentials(tmp_path: Path) -> None:
     finally:
         app.kill()
         app.wait()
+
+
+def test_a_fifo_is_refused_without_hanging_the_agent(tmp_path: Path) -> None:
+    """The agent serves everything from one thread: opening a fifo must not block it."""
+    os.mkfifo(tmp_path / "fifo")
+    files = PodFiles(str(tmp_path))
+    try:
+        with pytest.raises(OSError) as read:
+            files.read("/fifo", 0, 10)
+        assert read.value.errno == errno.ENXIO
+        with pytest.raises(OSError) as write:
+            files.write("/fifo", b"x")
+        assert write.value.errno == errno.ENXIO  # no reader: O_NONBLOCK says so at once
+    finally:
+        files.close()

@@ -75,6 +75,13 @@ def test_plain_line_is_aligned_and_relative() -> None:
     assert other.index("→") == line.index("→")
 
 
+def test_a_file_event_names_the_rule_that_decided() -> None:
+    e = event(syscall="openat", kind="open", target="/etc/app/config.yaml", via="pod",
+              detail={"rule": "the pod's: not on this machine"})
+    line = format_plain(e, 1000.0)
+    assert line.endswith("1.2ms  (the pod's: not on this machine)")
+
+
 def test_plain_bus_writes_one_line_per_event() -> None:
     stream = io.StringIO()
     bus = EventBus(fmt="plain", stream=stream, start=1000.0)

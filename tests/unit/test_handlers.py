@@ -67,6 +67,9 @@ class FakeCall:
     def set_result(self, value: int) -> None:
         self.result = value
 
+    def pod_aware(self) -> None:
+        self.pod_aware_calls = getattr(self, "pod_aware_calls", 0) + 1
+
 
 class FakeSession:
     PENDING = object()

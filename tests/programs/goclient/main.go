@@ -28,6 +28,7 @@
 //	goclient ls DIR             os.ReadDir: "NAME KIND" lines sorted by name, KIND d, f, l or o
 //	goclient write PATH TEXT    os.WriteFile(PATH, TEXT, 0644); prints nothing
 //	goclient readlink PATH      os.Readlink: the target
+//	goclient fstat PATH         open, then fstat the fd: "SIZE PERM UID"
 package main
 
 import (
@@ -45,6 +46,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -63,7 +65,7 @@ func fail(err error) {
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: goclient get [-sha] URL | lookup NAME | srv SERVICE PROTO NAME | "+
 		"hostname | dial HOST:PORT | env | stress N URL [ITERS] | read PATH | stat PATH | "+
-		"lstat PATH | ls DIR | write PATH TEXT | readlink PATH")
+		"lstat PATH | ls DIR | write PATH TEXT | readlink PATH | fstat PATH")
 	os.Exit(2)
 }
 
@@ -321,6 +323,20 @@ func main() {
 			fail(err)
 		}
 		fmt.Println(target)
+	case "fstat":
+		if len(args) != 1 {
+			usage()
+		}
+		f, err := os.Open(args[0])
+		if err != nil {
+			fail(err)
+		}
+		info, err := f.Stat() // fstat(2) on the open file, not a path lookup
+		if err != nil {
+			fail(err)
+		}
+		st := info.Sys().(*syscall.Stat_t)
+		fmt.Printf("%d %o %d\n", info.Size(), info.Mode().Perm(), st.Uid)
 	default:
 		usage()
 	}
