@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 import sys
+from collections.abc import Awaitable
 
 from agent_image import __version__
 from agent_image import protocol as p
@@ -36,11 +37,12 @@ class Agent:
         self._files: PodFiles | None = None
         self.channel: Channel | None = None
 
-    async def handle(self, sid: int, msg: p.Message) -> p.Message | None:
+    def handle(self, sid: int, msg: p.Message) -> p.Message | None | Awaitable[p.Message | None]:
+        """The answer, at once; or, for what must wait on the network, an awaitable."""
         if isinstance(msg, p.Connect):
-            return await self.connect(sid, msg)
+            return self.connect(sid, msg)
         if isinstance(msg, p.UdpOpen):
-            return await self.udp_open(sid, msg)
+            return self.udp_open(sid, msg)
         if isinstance(msg, p.ReadFile):
             return self.read_file(msg)
         if isinstance(msg, p.Stat):

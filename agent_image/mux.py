@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import inspect
 import os
 import socket
 import struct
@@ -27,7 +28,11 @@ from typing import Any
 
 from agent_image import protocol as p
 
-RequestHandler = Callable[[int, p.Message], Awaitable[p.Message | None]]
+# A handler answers at once (a message, or None when it replies by itself) or returns an
+# awaitable for answers that must wait.
+RequestHandler = Callable[
+    [int, p.Message], "p.Message | None | Awaitable[p.Message | None]"
+]
 _LINGER_RST = struct.pack("ii", 1, 0)
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
@@ -172,6 +177,19 @@ class Channel:
             self.streams.pop(sid, None)
         return reply
 
+    def request_soon(self, msg: p.Message) -> asyncio.Future[p.Message]:
+        """Send a request now; its reply (or ChannelClosed) arrives in the future. For
+        callers that want a callback rather than a coroutine."""
+        fut: asyncio.Future[p.Message] = self._loop.create_future()
+        if self.closed.done():
+            fut.set_exception(ChannelClosed(self.closed.result()))
+            return fut
+        sid = self.new_stream_id()
+        self._pending[sid] = fut
+        fut.add_done_callback(lambda _: self._pending.pop(sid, None))
+        self.send(p.FrameType.REQUEST, sid, msg.to_payload())
+        return fut
+
     def respond(self, sid: int, reply: p.Message) -> None:
         self.send(p.FrameType.RESPONSE, sid, reply.to_payload())
 
@@ -307,20 +325,39 @@ class Channel:
             self._finish(f"the {self.peer_role} reported an error: {text}")
 
     def _start_request(self, sid: int, msg: p.Message) -> None:
+        """Run the handler now; only an answer that must wait (a connect) becomes a task,
+        so a file request is answered in the same loop iteration it arrived in."""
         if self._handler is None:
             self.respond(sid, p.ErrorReply(errno="EOPNOTSUPP", message=f"{msg.op} not served"))
             return
-        task = self._loop.create_task(self._serve(sid, msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, sid: int, msg: p.Message) -> None:
         try:
-            reply = await self._handler(sid, msg)  # type: ignore[misc]
-        except OSError as exc:
-            reply = p.ErrorReply.from_oserror(exc)
+            reply = self._handler(sid, msg)
+        except Exception as exc:  # noqa: BLE001 - any failure is the requester's answer
+            self.respond(sid, _error_reply(exc))
+            return
+        if inspect.isawaitable(reply):
+            task = self._loop.create_task(self._serve(sid, reply))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif reply is not None:
+            self.respond(sid, reply)
+
+    async def _serve(self, sid: int, pending: Awaitable[p.Message | None]) -> None:
+        try:
+            reply = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            reply = _error_reply(exc)
         if reply is not None:
             self.respond(sid, reply)
+
+
+def _error_reply(exc: Exception) -> p.ErrorReply:
+    """An OSError keeps its errno; anything else is a bug of ours, said as EIO."""
+    if isinstance(exc, OSError) and exc.errno:
+        return p.ErrorReply.from_oserror(exc)
+    return p.ErrorReply(errno="EIO", message=f"{type(exc).__name__}: {exc}")
 
 
 def _grow_pipe(f: Any) -> None:

@@ -126,7 +126,7 @@ class RemoteFiles:
                 done: CF = concurrent.futures.Future()
                 done.set_result(meta)
                 return done
-        return self._submit(self._ask(p.Stat(path=_text(path), follow=follow)))
+        return self._ask_soon(p.Stat(path=_text(path), follow=follow))
 
     def copy_meta(self, path: bytes, changed_only: bool = False) -> p.StatInfo | None:
         """The pod's identity of path with its copy's size and times (what the program
@@ -148,10 +148,13 @@ class RemoteFiles:
             mtime_ns=here.st_mtime_ns, ctime_ns=here.st_ctime_ns)
 
     def access(self, path: bytes, mode: int, follow: bool) -> CF:
+        if not mode & W_OK:
+            return self._ask_soon(p.Access(path=_text(path), mode=mode, follow=follow))
         return self._submit(self._access(path, mode, follow))
 
     def readlink(self, path: bytes) -> CF:
-        return self._submit(self._readlink(path))
+        return self._ask_soon(p.ReadLink(path=_text(path)),
+                              lambda reply: os.fsencode(reply.target))  # type: ignore[attr-defined]
 
     def unlink(self, path: bytes, directory: bool) -> CF:
         return self._submit(self._unlink(path, directory))
@@ -160,7 +163,7 @@ class RemoteFiles:
         return self._submit(self._rename(src, dst, flags))
 
     def mkdir(self, path: bytes, mode: int) -> CF:
-        return self._submit(self._ask(p.MakeDir(path=_text(path), mode=mode)))
+        return self._ask_soon(p.MakeDir(path=_text(path), mode=mode))
 
     def truncate(self, path: bytes, length: int) -> CF:
         return self._submit(self._truncate(path, length))
@@ -186,6 +189,32 @@ class RemoteFiles:
         shutil.rmtree(self._base, ignore_errors=True)
 
     # --- talking to the agent ----------------------------------------------------------
+
+    def _ask_soon(self, msg: p.Message,
+                  then: Callable[[p.Message], Any] | None = None) -> CF:
+        """One request from the tracer thread, answered straight into a concurrent
+        future: no coroutine and no task on the way, for the calls that are one ask.
+        `then` turns a reply that is not an error into the answer."""
+        out: CF = concurrent.futures.Future()
+
+        def answered(reply: asyncio.Future[p.Message]) -> None:
+            if reply.cancelled() or reply.exception() is not None:
+                out.set_result(_error(errno.EIO, "the agent is gone"))
+                return
+            result = reply.result()
+            if then is not None and not isinstance(result, p.ErrorReply):
+                result = then(result)
+            out.set_result(result)
+
+        def send() -> None:
+            channel = self._channel()
+            if channel is None or not channel.is_open:
+                out.set_result(_error(errno.EIO, "the agent is gone"))
+                return
+            channel.request_soon(msg).add_done_callback(answered)
+
+        self._loop.call_soon_threadsafe(send)
+        return out
 
     async def _ask(self, msg: p.Message) -> Answer:
         channel = self._channel()
@@ -528,12 +557,6 @@ class RemoteFiles:
         if self.mode != "write":
             return _error(errno.EROFS)
         return await self._ask(p.Access(path=_text(path), mode=mode, follow=follow))
-
-    async def _readlink(self, path: bytes) -> Answer:
-        answer = await self._ask(p.ReadLink(path=_text(path)))
-        if isinstance(answer, p.LinkTarget):
-            return os.fsencode(answer.target)
-        return answer
 
     async def _unlink(self, path: bytes, directory: bool) -> Answer:
         async with self._lock(path):

@@ -74,6 +74,44 @@ def test_requests_get_their_replies_and_errors_travel_as_data() -> None:
     run(main())
 
 
+def test_handlers_may_answer_at_once_and_a_bug_is_an_eio_answer_not_a_hang() -> None:
+    def handler(sid: int, msg: p.Message) -> p.Message:
+        if isinstance(msg, p.Stat):
+            raise KeyError("a bug in a handler")
+        return p.Done()
+
+    async def main() -> None:
+        sup, _ = await _pair(handler)  # type: ignore[arg-type]
+        assert await sup.request(p.Uname()) == p.Done()
+        err = await sup.request(p.Stat(path="/x"))
+        assert isinstance(err, p.ErrorReply) and err.errno == "EIO" and "KeyError" in err.message
+        assert sup.is_open
+
+    run(main())
+
+
+def test_request_soon_answers_through_its_future_and_fails_when_the_channel_ends() -> None:
+    async def handler(sid: int, msg: p.Message) -> p.Message | None:
+        if isinstance(msg, p.Stat):
+            return None  # never answered
+        return p.Done()
+
+    async def main() -> None:
+        sup, _ = await _pair(handler)
+        assert await sup.request_soon(p.Uname()) == p.Done()
+        waiting = sup.request_soon(p.Stat(path="/x"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        sup.goodbye()
+        with pytest.raises(ChannelClosed):
+            await waiting
+        with pytest.raises(ChannelClosed):
+            await sup.request_soon(p.Uname())
+        assert not sup._pending
+
+    run(main())
+
+
 def test_an_unserved_op_is_answered_not_fatal() -> None:
     async def main() -> None:
         sup, _ = await _pair(None)
