@@ -132,6 +132,18 @@ class FsPolicy:
                 named.append((where, "the program's directory"))
         self._named = [(re.compile(_dir_rx(d)), RULE_LOCAL.format(why)) for d, why in named]
         self._system = re.compile(_ALWAYS_LOCAL)
+        self._local_parts = [_ALWAYS_LOCAL] + [_dir_rx(d) for d, _ in named]
+
+    def quick_local(self, exclude: bytes) -> re.Pattern[bytes] | None:
+        """One regex that says "local, nothing to do" for the commonest case: an already
+        normal absolute path under an always-local prefix, and not under `exclude`
+        (the cache, which lives in /tmp but mirrors the pod). None when patterns are
+        given: they may make any of those paths the pod's."""
+        if self._local or self._remote:
+            return None
+        parts = b"|".join(b"(?:" + part + b")" for part in self._local_parts)
+        return re.compile(b"(?!" + _dir_rx(os.fsdecode(exclude)) + rb")(?!.*(?://|/\.\.?(?:/|$)))(?:"
+                          + parts + b")")
 
     @property
     def active(self) -> bool:

@@ -99,6 +99,7 @@ class RemoteFiles:
         self._tmp = os.path.join(self._base, "tmp").encode()
         os.mkdir(self.root, 0o700)
         os.mkdir(self._tmp, 0o700)
+        self.quick_local = policy.quick_local(self.root)
         self._copies: dict[bytes, Copy] = {}
         self._locks: dict[bytes, asyncio.Lock] = {}
         self._watches: dict[int, bytes] = {}  # inotify wd -> pod directory

@@ -125,6 +125,7 @@ class Files(Protocol):
 
     root: bytes
     mode: str  # "read" or "write"
+    quick_local: Any  # a compiled bytes regex: a match is local, no more to decide; or None
     active: bool  # a pod path has been used: fstat and getcwd need a look from now on
 
     def decide(self, path: bytes, in_pod: bool) -> tuple[bool, str]:

@@ -85,6 +85,9 @@ def _locate(call: Call, session: Session, dirfd: int, ptr: int,
         return None  # a bad pointer: the kernel says EFAULT itself
     fs = session.fs
     in_pod = False
+    if fs is not None and fs.quick_local is not None and fs.quick_local.match(raw):
+        if raw not in session.pod_files:  # /proc/sys/kernel/hostname is served
+            return None
     if raw.startswith(b"/"):
         path = paths.normalise(raw)
         # "/data/.." names / only if /data exists where the kernel looks: tell it "/".

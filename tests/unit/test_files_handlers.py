@@ -49,6 +49,7 @@ class FakeFiles:
         self.asked: list[tuple[Any, ...]] = []
         self.answer: Any = None
         self.meta: dict[bytes, Any] = {}
+        self.quick_local = self.policy.quick_local(self.root)
 
     def decide(self, path: bytes, in_pod: bool) -> tuple[bool, str]:
         return self.policy.decide(path, in_pod)

@@ -117,3 +117,31 @@ def test_a_plain_path_pattern_matches_itself_and_everything_below(
     assert rx.search(base)
     assert rx.search("/".join([base, *below]))
     assert not rx.search(base + "x")
+
+
+def test_the_quick_local_check_skips_only_what_is_surely_local(tmp_path: Path) -> None:
+    policy = FsPolicy("read", cwd=str(tmp_path), home="/home/dev", program="/opt/x/bin/x")
+    quick = policy.quick_local(b"/tmp/mirrortrace-files-1-abc/root")
+    assert quick is not None
+    for path in (b"/usr/lib/x.py", b"/proc/self/maps", b"/home/dev/.cache/x", b"/tmp/a",
+                 b"/opt/x/lib/y", str(tmp_path / "src/m.py").encode(), b"/lib64"):
+        assert quick.match(path), path
+    for path in (b"/usr/./lib/x", b"/usr//lib", b"/usr/lib/../../etc/app",
+                 b"/tmp/mirrortrace-files-1-abc/root", b"/tmp/mirrortrace-files-1-abc/root/d",
+                 b"/etc/passwd", b"/var/run/secrets/t", b"usr/lib/x", b"/library"):
+        assert not quick.match(path), path
+    assert FsPolicy("read", remote=["/usr/**"]).quick_local(b"/tmp/c") is None
+
+
+_paths = st.lists(st.sampled_from(["usr", "lib", "tmp", "etc", "proc", "..", ".", "", "a.so",
+                                   "home", "dev", "x", "run", "secrets"]), max_size=6)
+
+
+@given(_paths)
+def test_whatever_the_quick_check_passes_the_policy_calls_local(parts: list[str]) -> None:
+    policy = FsPolicy("read", cwd="/work/app", home="/home/dev", program="/opt/x/bin/x")
+    quick = policy.quick_local(b"/tmp/cache/root")
+    assert quick is not None
+    path = ("/" + "/".join(parts)).encode()
+    if quick.match(path):
+        assert policy.decide(path) [0] is False, path
