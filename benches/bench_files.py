@@ -214,6 +214,16 @@ def row_imports(report: Report, plan: Plan) -> None:
         value = median(walls[name])
         report.add("1", f"{what}: whole command", f"untraced {fmt_time(base_wall)}",
                    f"{labels[name]} {fmt_time(value)}", fmt_ratio(value / base_wall), "", n)
+    # Each repetition runs every command back to back, so the ratio within one
+    # repetition shrugs off the load drifting during the bench; their median is the
+    # steadier figure on a shared machine.
+    paired = [t / u for t, u in zip(inner["mirrortrace"], inner["untraced"], strict=True)]
+    report.notes.append(
+        "Row 1: median of the per-repetition ratios mirrortrace/untraced "
+        f"{fmt_ratio(median(paired))} (lowest {fmt_ratio(min(paired))}, highest "
+        f"{fmt_ratio(max(paired))}); "
+        + "; ".join(f"{labels[peer]} {fmt_ratio(median([t / u for t, u in zip(inner[peer], inner['untraced'], strict=True)]))}"  # noqa: E501
+                    for peer in peers) + ".")
 
 
 # --------------------------------------------------------------------------- row 2

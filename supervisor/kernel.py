@@ -149,10 +149,13 @@ class Memory:
         return data
 
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
-        """Read a NUL-terminated string without crossing into an unmapped page."""
+        """Read a NUL-terminated string of at most limit bytes (a longer one is
+        ENAMETOOLONG) without crossing into an unmapped page."""
         out = b""
         while len(out) < limit:
-            chunk = 256 - (addr % 256)
+            # Up to the end of the page: one read for nearly every path, and never
+            # into a next page that may not be mapped.
+            chunk = min(4096 - (addr % 4096), limit - len(out) + 1)
             try:
                 data = os.pread(self.fd, chunk, addr)
             except OSError:

@@ -42,13 +42,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor import kernel as k
-from syscalls.base import Call, Outcome, Park, Pass, Return, Rewrite
+from syscalls.base import PASS, Call, Outcome, Park, Pass, Return, Rewrite
 
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 SCRATCH_SLOT = 4096
 SCRATCH_SLOTS = 64
 SYS_MMAP = 9
+# The wait status of a seccomp stop: stopped (0x7f) by SIGTRAP, event SECCOMP.
+SECCOMP_STOP = (k.PTRACE_EVENT_SECCOMP << 16) | (signal.SIGTRAP << 8) | 0x7F
 SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
@@ -160,7 +162,7 @@ class Thread:
 class CallView:
     """The Call a handler sees (syscalls/base.py), backed by one stopped thread."""
 
-    __slots__ = ("_tracer", "thread", "regs", "tid", "tgid", "nr", "name", "args", "started",
+    __slots__ = ("_tracer", "thread", "regs", "tid", "tgid", "nr", "args", "started",
                  "result")
 
     def __init__(self, tracer: Tracer, thread: Thread, regs: k.Regs, nr: int) -> None:
@@ -170,10 +172,13 @@ class CallView:
         self.tid = thread.tid
         self.tgid = thread.proc.tgid
         self.nr = nr
-        self.name = k.SYSCALL_NAMES.get(nr, str(nr))
         self.args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9]
         self.started = time.monotonic()
         self.result = 0
+
+    @property
+    def name(self) -> str:
+        return k.SYSCALL_NAMES.get(self.nr, str(self.nr))
 
     @property
     def comm(self) -> str:
@@ -347,6 +352,15 @@ class Tracer:
 
     def _on_status(self, tid: int, status: int) -> None:
         th = self.threads.get(tid)
+        if status == SECCOMP_STOP and th is not None:
+            # The stop nearly every wait returns: straight to the handler.
+            if self._group_stopped:
+                self._group_stopped.discard(tid)
+            try:
+                self._on_syscall_entry(th)
+            except ProcessLookupError:
+                pass  # killed while stopped: its exit comes next
+            return
         if not os.WIFSTOPPED(status):
             if th is not None:
                 self._forget_thread(th)
@@ -475,6 +489,9 @@ class Tracer:
         call = CallView(self, th, regs, nr)
         try:
             outcome = handler(call, self.session)
+            if outcome is PASS and th.slot is None:
+                k.cont(th.tid)  # the commonest answer: nothing to do
+                return
         except NeedScratch:
             # Every slot is held by a thread inside a rewritten call: map another
             # region, then this syscall runs again and the handler with it (handlers

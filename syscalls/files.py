@@ -291,6 +291,9 @@ def getcwd(call: Call, session: Session) -> Outcome:
     fs = session.fs
     if fs is None or not fs.active:
         return PASS
+    cwd = paths.base_of(call.tid, paths.AT_FDCWD)
+    if cwd is None or paths.pod_path(fs.root, cwd) is None:
+        return PASS  # not in a pod directory: a readlink now saves a stop at the exit
     buf, size = call.args[0], call.args[1]
     root = fs.root
 
@@ -483,7 +486,7 @@ def _unmirror_link(call: Call, session: Session, ptr: int, buf: int, size: int) 
     if fs is None or not fs.active:
         return PASS
     try:
-        if not call.read_cstring(ptr, 6).startswith(b"/proc/"):
+        if not call.read_cstring(ptr).startswith(b"/proc/"):
             return PASS
     except OSError:
         return PASS

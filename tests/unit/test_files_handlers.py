@@ -286,8 +286,11 @@ def test_chdir_into_a_pod_dir_enters_its_mirror(session: FakeSession) -> None:
     assert call.memory[SCRATCH] == session.fs.root + b"/data-x\0"
 
 
-def test_getcwd_and_proc_links_show_pod_paths(session: FakeSession) -> None:
+def test_getcwd_and_proc_links_show_pod_paths(session: FakeSession, cache: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     call = _call("getcwd", [BUF, 256], b"")
+    assert files.getcwd(call, session) is PASS  # type: ignore[arg-type]  # not in the pod
+    monkeypatch.chdir(cache / "data")
     out = files.getcwd(call, session)  # type: ignore[arg-type]
     assert isinstance(out, Pass)
     cwd = session.fs.root + b"/data/sub"
@@ -303,7 +306,9 @@ def test_getcwd_and_proc_links_show_pod_paths(session: FakeSession) -> None:
     assert call.result == len(b"/data/sub") and call.memory[BUF].startswith(b"/data/sub")
 
 
-def test_getcwd_that_does_not_fit_is_erange(session: FakeSession) -> None:
+def test_getcwd_that_does_not_fit_is_erange(session: FakeSession, cache: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(cache / "data")
     call = _call("getcwd", [BUF, 5], b"")
     out = files.getcwd(call, session)  # type: ignore[arg-type]
     cwd = session.fs.root + b"/data/sub"
