@@ -68,7 +68,9 @@ class _Where:
         self.path = path
         self.remote = remote
         self.rule = rule
-        self.moved = moved  # resolved against a pod directory: a local result needs rewriting
+        # The kernel would read the program's string differently (a pod directory as its
+        # base, or `..` below a path missing here): a local result needs the absolute path.
+        self.moved = moved
 
     @property
     def text(self) -> str:
