@@ -364,13 +364,13 @@ def run(
     if options.agent_source == "local":
         name = os.path.basename(options.command[0])
         print(notice_text(options.ui, LOCAL_AGENT_NOTICE.format(name=name)), file=sys.stderr)
-    from supervisor.transport import spawn_agent
+    from supervisor.transport import PipeLink, spawn_agent
 
     # The agent's interpreter starts while ours imports the engine.
-    agent = spawn_agent(options.agent_argv)
+    link = PipeLink(spawn_agent(options.agent_argv))
     from supervisor.runner import run as run_supervised
 
-    raise typer.Exit(run_supervised(options, agent))
+    raise typer.Exit(run_supervised(options, link))
 
 
 def _path(value: Any) -> Path | None:

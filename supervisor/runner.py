@@ -18,7 +18,6 @@ import errno
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -31,6 +30,7 @@ from supervisor.options import RunOptions
 from supervisor.seccomp import TrapRule, build_filter, install_filter
 from supervisor.session import Session
 from supervisor.tracer import Tracer
+from supervisor.transport import AgentLink
 from syscalls.table import TABLE
 
 SEIZE_OPTIONS = (
@@ -163,20 +163,19 @@ def exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> int:
+def run(options: RunOptions, link: AgentLink) -> int:
     """Run COMMAND under the supervisor; returns its exit code.
 
-    `agent` is the agent process when the caller started it early (see
-    supervisor/transport.py); it is ended here whatever happens.
+    `link` reaches the agent (the caller starts it early: see supervisor/transport.py);
+    it is ended here whatever happens.
     """
     bus = make_bus(options.ui, options.events_file)
     session = Session(
-        options.agent_argv,
+        link,
         bus,
         dns=options.dns,
         outgoing=options.outgoing,
         local_cidrs=options.local_cidrs,
-        agent=agent,
         want_env=options.env != "local",
         fs_policy=_fs_policy(options),
     )
@@ -202,8 +201,8 @@ def run(options: RunOptions, agent: subprocess.Popen[bytes] | None = None) -> in
         tracer = Tracer(handlers, session, session.wake_fd, session.take_wakeups,
                         pod_filter=pod_bpf if session.fs is not None else None)
         tracer.adopt_main(child.pid)
-        if session.agent is not None:
-            tracer.foreign[session.agent.pid] = lambda status: None
+        if link.pid is not None:
+            tracer.foreign[link.pid] = lambda status: None
         tracer.install_sigchld()
         _take_signals(child.pid, tracer)
         command_env, from_pod = resolve_env(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import subprocess
 import threading
 import time
 from collections import deque
@@ -36,7 +35,7 @@ from supervisor.policy import NetworkPolicy, parse_resolv_conf
 from supervisor.relay_tcp import TcpRelays
 from supervisor.relay_udp import UdpRelays
 from supervisor.remote_files import RemoteFiles
-from supervisor.transport import spawn_agent
+from supervisor.transport import AgentLink
 
 HANDSHAKE_TIMEOUT = 60.0
 WRITE_BACK_TIMEOUT = 120.0
@@ -47,10 +46,10 @@ Addr = tuple[str, int]
 class Session(TcpRelays, UdpRelays):
     """One agent session and everything that relays through it."""
 
-    def __init__(self, agent_argv: list[str], bus: EventBus, *, dns: bool, outgoing: str,
-                 local_cidrs: list[Any], agent: subprocess.Popen[bytes] | None = None,
-                 want_env: bool = False, fs_policy: FsPolicy | None = None) -> None:
-        self.agent_argv = agent_argv
+    def __init__(self, link: AgentLink, bus: EventBus, *, dns: bool, outgoing: str,
+                 local_cidrs: list[Any], want_env: bool = False,
+                 fs_policy: FsPolicy | None = None) -> None:
+        self.link = link
         self.bus = bus
         self.dns = dns
         self.policy = NetworkPolicy(
@@ -60,7 +59,6 @@ class Session(TcpRelays, UdpRelays):
         self.thread = threading.Thread(target=self._run_loop, name="mirrortrace-session",
                                        daemon=True)
         self.channel: Channel | None = None
-        self.agent = agent
         self.agent_hello: p.Hello | None = None
         self.lost: str | None = None
         self.nodename: str | None = None
@@ -87,8 +85,6 @@ class Session(TcpRelays, UdpRelays):
 
     def start(self, timeout: float = HANDSHAKE_TIMEOUT) -> None:
         """Start the agent, shake hands, fetch the pod's view; or raise AgentStartError."""
-        if self.agent is None:
-            self.agent = spawn_agent(self.agent_argv)
         self.thread.start()
         fut = asyncio.run_coroutine_threadsafe(self._start(timeout), self.loop)
         try:
@@ -98,16 +94,13 @@ class Session(TcpRelays, UdpRelays):
             raise
 
     async def _start(self, timeout: float) -> None:
-        assert self.agent is not None
         self.channel = Channel("supervisor", software=f"mirrortrace {__version__}")
-        await self.channel.open_pipes(self.agent.stdout, self.agent.stdin)
-        await self.loop.connect_read_pipe(lambda: _AgentLog(self), self.agent.stderr)
+        await self.link.open(self.channel, self._agent_log)
         try:
             self.agent_hello = await self.channel.handshake(timeout)
         except ChannelClosed as exc:
             await asyncio.sleep(0.05)  # let the last stderr lines arrive
-            status = self.agent.poll()
-            how = f" (exit status {status})" if status is not None else ""
+            how = self.link.ended_how()
             tail = "; ".join(self._stderr_tail)
             raise AgentStartError(
                 f"the agent ended before the handshake{how}: {tail or exc.reason}",
@@ -144,17 +137,7 @@ class Session(TcpRelays, UdpRelays):
                 pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
-        if self.agent is not None:
-            for pipe in (self.agent.stdin, self.agent.stdout, self.agent.stderr):
-                if pipe is not None:
-                    pipe.close()  # EOF: an agent that never got our hello exits too
-            try:
-                self.agent.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait()
-            except ChildProcessError:
-                pass  # reaped by the tracer's waitpid(-1)
+        self.link.close()
         if self.fs is not None:
             self.fs.close()
         for fd in self._memfds:
@@ -168,6 +151,7 @@ class Session(TcpRelays, UdpRelays):
     async def _close(self) -> None:
         if self.channel is not None:
             self.channel.goodbye()
+        await self.link.aclose()
         self._close_udp_relays()
         self._close_tcp_relays()
         await asyncio.sleep(0)
@@ -270,28 +254,16 @@ class Session(TcpRelays, UdpRelays):
             return p.ErrorReply(errno="ENETUNREACH", message="the agent is gone")
         return reply.host if isinstance(reply, p.Source) else reply  # type: ignore[return-value]
 
+    def _agent_log(self, line: str) -> None:
+        """The agent's stderr: shown as `agent:` lines, and kept for error messages."""
+        self._stderr_tail.append(line)
+        if self.agent_hello is not None:
+            # Before the handshake, lines go into the one error line instead.
+            self.bus.notice(f"agent: {line}")
+
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run fn in the session thread after delay seconds (from any thread)."""
         self.loop.call_soon_threadsafe(self.loop.call_later, delay, fn)
-
-
-class _AgentLog(asyncio.Protocol):
-    """The agent's stderr: shown as `agent:` lines, and kept for error messages."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self.session._stderr_tail.append(line)
-                if self.session.agent_hello is not None:
-                    # Before the handshake, lines go into the one error line instead.
-                    self.session.bus.notice(f"agent: {line}")
 
 
 def _nsswitch_with_files_dns() -> bytes:

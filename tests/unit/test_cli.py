@@ -39,8 +39,8 @@ def runner_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
     module = type(sys)("supervisor.runner")
 
-    def run(opts: Any, agent: Any = None) -> int:
-        assert agent == ["spawned", opts.agent_argv]  # started before the engine loads
+    def run(opts: Any, link: Any = None) -> int:
+        assert link.proc == ["spawned", opts.agent_argv]  # started before the engine loads
         calls.append(opts)
         return 7
 
@@ -49,6 +49,8 @@ def runner_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     import supervisor.transport
 
     monkeypatch.setattr(supervisor.transport, "spawn_agent", lambda argv: ["spawned", argv])
+    monkeypatch.setattr(supervisor.transport, "PipeLink",
+                        lambda proc: type("Link", (), {"proc": proc})())
     return calls
 
 
@@ -466,9 +468,9 @@ def test_run_imports_nothing_heavy() -> None:
     code = """
 import sys, types
 fake = types.ModuleType("supervisor.runner")
-def run(opts, agent=None):
-    agent.kill()
-    agent.wait()
+def run(opts, link=None):
+    link.proc.kill()
+    link.proc.wait()
     heavy = ("rich", "kubernetes", "psutil", "pydantic", "ptrace")
     print(sorted(m for m in heavy if m in sys.modules))
     return 0
