@@ -186,11 +186,13 @@ def _domainname() -> str:
         return "(none)"
 
 
-async def serve(target_pid: int | None, root: str | None = None) -> str | None:
+async def serve(target_pid: int | None, root: str | None = None,
+                attached: bool = False) -> str | None:
     """Serve one session on stdin/stdout; returns the reason it ended (None if clean)."""
     agent = Agent(target_pid, root)
     channel = Channel(
-        "agent", agent.handle, software=f"mirrortrace-agent {__version__}", features=FEATURES
+        "agent", agent.handle, software=f"mirrortrace-agent {__version__}", features=FEATURES,
+        speak_first=not attached,
     )
     agent.channel = channel
     # Duplicates, so closing the transports never closes fds 0/1 under anybody's feet.
@@ -228,6 +230,12 @@ def main(argv: list[str] | None = None) -> None:
         help="serve files from this directory as the pod's / (a mounted container root "
         "filesystem); --target-pid takes precedence",
     )
+    parser.add_argument(
+        "--attached",
+        action="store_true",
+        help="speak only when spoken to: the supervisor attaches to this process's stdio "
+        "after it started (a container's main process, reached by `kubectl attach`)",
+    )
     parser.add_argument("--version", action="version", version=f"mirrortrace-agent {__version__}")
     args = parser.parse_args(argv)
     if args.root is not None and not os.path.isdir(args.root):
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.target_pid is not None and not os.path.isdir(f"/proc/{args.target_pid}/root"):
         parser.exit(2, f"mirrortrace-agent: no process {args.target_pid} to serve files of\n")
     try:
-        reason = asyncio.run(serve(args.target_pid, args.root))
+        reason = asyncio.run(serve(args.target_pid, args.root, args.attached))
     except KeyboardInterrupt:
         reason = "interrupted"
     if reason:

@@ -77,8 +77,13 @@ class Channel:
         *,
         software: str = "",
         features: tuple[str, ...] = (),
+        speak_first: bool = True,
     ) -> None:
         self.role = role
+        # An agent reached through `kubectl attach` must not speak first: what it writes
+        # before anyone attached goes to the container log, not to us.
+        self._speak_first = speak_first
+        self._hello_sent = False
         self.peer_role = "agent" if role == "supervisor" else "supervisor"
         self._handler = handler
         self._software = software
@@ -117,7 +122,20 @@ class Channel:
         self._writer = transport
         self._send_hello()
 
+    def attach(self, transport: Any) -> None:
+        """Run over a transport of any kind (write, is_closing, close) that feeds
+        data_received, eof_received and connection_lost itself: the Kubernetes
+        websocket (supervisor/k8s_ws.py)."""
+        self._reader = transport
+        self._writer = transport
+        self._send_hello()
+
     def _send_hello(self) -> None:
+        if not self._speak_first and not self.peer_hello.done():
+            return  # sent when the peer's hello arrives
+        if self._hello_sent:
+            return
+        self._hello_sent = True
         hello = p.Hello(
             version=p.VERSION,
             role=self.role,
@@ -280,6 +298,7 @@ class Channel:
                 raise p.ProtocolError("second hello")
             hello = p.check_hello(p.decode_message(frame.payload), self.peer_role)
             self.peer_hello.set_result(hello)  # type: ignore[arg-type]
+            self._send_hello()  # now, if we were waiting to be spoken to
             return
         if not self.peer_hello.done():
             raise p.ProtocolError(f"{ftype.name} before hello")

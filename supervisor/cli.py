@@ -27,7 +27,7 @@ try:  # typer 0.2x carries its own copy of click and raises its exceptions
 except ImportError:  # older typer uses click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from supervisor.errors import MirrortraceError, UsageError
+from supervisor.errors import MirrortraceError
 
 LOCAL_AGENT_NOTICE = (
     "mirrortrace: no target or agent configured; using a local agent — "
@@ -245,6 +245,12 @@ def run(
     kubeconfig: Annotated[
         Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
     ] = None,
+    agent_image: Annotated[
+        Str,
+        typer.Option(
+            "--agent-image", metavar="IMAGE", help="The agent's image for --target runs."
+        ),
+    ] = None,
     dns: Annotated[
         bool | None,
         typer.Option("--dns/--no-dns", help="Resolve names as in the pod.  [default: dns]"),
@@ -334,6 +340,7 @@ def run(
             "namespace": namespace,
             "context": context,
             "kubeconfig": _path(kubeconfig),
+            "agent_image": agent_image,
             "dns": dns,
             "outgoing": outgoing,
             "local_cidr": local_cidr,
@@ -352,11 +359,6 @@ def run(
         _path(config),
         warnings=warnings,
     )
-    if options.agent_source == "target":
-        raise UsageError(
-            "Kubernetes targets are not supported in this build",
-            "use --agent-exec, e.g. --agent-exec 'kubectl exec -i POD -- mirrortrace-agent'",
-        )
     from supervisor.events import notice_text
 
     for warning in warnings:
@@ -364,10 +366,20 @@ def run(
     if options.agent_source == "local":
         name = os.path.basename(options.command[0])
         print(notice_text(options.ui, LOCAL_AGENT_NOTICE.format(name=name)), file=sys.stderr)
-    from supervisor.transport import PipeLink, spawn_agent
+    link: Any
+    if options.agent_source == "target":
+        from supervisor.k8s_link import DEFAULT_IMAGE, KubeLink, KubeSettings
 
-    # The agent's interpreter starts while ours imports the engine.
-    link = PipeLink(spawn_agent(options.agent_argv))
+        assert options.target is not None
+        settings = KubeSettings(options.target, options.namespace, options.context,
+                                options.kubeconfig, options.agent_image or DEFAULT_IMAGE)
+        link = KubeLink(settings, lambda text: print(notice_text(options.ui, text),
+                                                     file=sys.stderr))
+    else:
+        from supervisor.transport import PipeLink, spawn_agent
+
+        # The agent's interpreter starts while ours imports the engine.
+        link = PipeLink(spawn_agent(options.agent_argv))
     from supervisor.runner import run as run_supervised
 
     raise typer.Exit(run_supervised(options, link))

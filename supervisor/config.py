@@ -154,6 +154,7 @@ TOP_KEYS: dict[str, _Key] = {
     "namespace": _Key("namespace", _string(), "a string"),
     "context": _Key("context", _string(), "a string"),
     "kubeconfig": _Key("kubeconfig", _path, "a path string"),
+    "agent-image": _Key("agent_image", _string(), "a string"),
     "dns": _Key("dns", _bool, "true or false"),
     "outgoing": _mode("outgoing", opt.OUTGOING_MODES),
     "local-cidr": _Key("local_cidrs", _strings(opt.parse_cidr), _STRING_OR_LIST),
@@ -186,7 +187,7 @@ TOP_KEYS: dict[str, _Key] = {
 
 # Tables: table name -> {key in the table: top-level key it stands for}.
 TABLES: dict[str, dict[str, str]] = {
-    "agent": {"exec": "agent-exec"},
+    "agent": {"exec": "agent-exec", "image": "agent-image"},
     "target": {
         "path": "target",
         "name": "target",

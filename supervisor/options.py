@@ -68,6 +68,7 @@ class RunOptions:
     namespace: str | None = None
     context: str | None = None
     kubeconfig: Path | None = None
+    agent_image: str | None = None  # the agent's image for --target runs (default: pinned)
     dns: bool = True
     outgoing: str = "remote"
     local_cidrs: list[IPNetwork] = field(default_factory=list)

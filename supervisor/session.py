@@ -137,6 +137,8 @@ class Session(TcpRelays, UdpRelays):
                 pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
+            if not self.thread.is_alive():
+                self.loop.close()
         self.link.close()
         if self.fs is not None:
             self.fs.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,9 +129,19 @@ def test_filter_with_incoming_off_is_refused() -> None:
     assert "--incoming is off" in line
 
 
-def test_target_is_not_supported_yet() -> None:
-    line = one_error_line(invoke("run", "-t", "deployment/web", "-n", "dev", "--", "true"))
-    assert "Kubernetes targets are not supported in this build; use --agent-exec" in line
+def test_a_target_without_any_kubeconfig_says_so_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config, and no service account: not in a pod
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", "run", "-t", "deployment/web", "-n", "dev",
+         "--", "touch", str(marker)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no Kubernetes configuration" in lines[0], result.stderr
+    assert "give --kubeconfig FILE" in lines[0]
+    assert not marker.exists()
 
 
 def test_bad_target_is_reported_first() -> None:

@@ -281,3 +281,25 @@ def test_a_peer_that_closes_before_its_hello_fails_the_handshake() -> None:
             await sup.handshake(2)
 
     run(main())
+
+
+def test_a_channel_that_waits_to_be_spoken_to_says_nothing_first() -> None:
+    """An attached agent's first bytes would go to the container log: it answers only."""
+
+    async def main() -> None:
+        a, b = tcp_pair()
+        quiet = Channel("agent", lambda sid, msg: p.Done(), speak_first=False)
+        _CHANNELS.append(quiet)
+        await quiet.open_socket(a)
+        b.setblocking(False)
+        await asyncio.sleep(0.1)
+        with pytest.raises(BlockingIOError):
+            b.recv(1)  # nothing was sent before the peer spoke
+        sup = Channel("supervisor")
+        _CHANNELS.append(sup)
+        await sup.open_socket(b)
+        hello = await sup.handshake(5)
+        assert hello.role == "agent"
+        assert await sup.request(p.Uname()) == p.Done()
+
+    run(main())

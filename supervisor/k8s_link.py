@@ -1,0 +1,216 @@
+"""The agent in the cluster: injected next to the target, reached by `attach`.
+
+An ephemeral container can never be removed, and the kubelet does not kill an
+exec'd process when its client goes away; an agent started with `exec` into a
+`sleep infinity` holder would outlive every session. So the agent is the
+ephemeral container's main process, with stdin open and `stdinOnce`: we reach
+it through pods/attach over the same websocket channel protocol, and when the
+session ends (or the supervisor is killed and the connection drops) the
+kubelet closes its stdin, the agent exits and the container is over. Nothing
+is left running. It shares the target container's process namespace
+(`targetContainerName`), so `/proc/1` is the target's main process: its root
+file system and its environment are what the agent serves.
+
+For `targetless`, the agent is a short-lived pod of its own (the same stdin
+rule ends it), deleted when the session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from agent_image import __version__
+from supervisor.errors import AgentStartError, TargetError
+from supervisor.k8s_api import Kube, connect
+from supervisor.k8s_targets import Target, resolve
+from supervisor.k8s_ws import Endpoint, KubeStream, WebsocketError
+from supervisor.transport import LineSplitter, LogSink
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from agent_image.mux import Channel
+
+DEFAULT_IMAGE = f"ghcr.io/mirrortrace/agent:{__version__}"
+START_TIMEOUT = 120.0  # includes pulling the image the first time
+POLL = 0.2
+# Waiting reasons that will not get better by waiting.
+HOPELESS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
+            "CreateContainerConfigError", "ErrImageNeverPull"}
+AGENT_ARGS = ["--attached"]
+
+
+@dataclass
+class KubeSettings:
+    target: str
+    namespace: str | None
+    context: str | None
+    kubeconfig: Path | None
+    image: str = DEFAULT_IMAGE
+    start_timeout: float = START_TIMEOUT
+
+
+class KubeLink:
+    """AgentLink to an agent injected into the cluster (see the module docstring)."""
+
+    pid: int | None = None  # nothing of ours for the tracer to reap
+
+    def __init__(self, settings: KubeSettings, notice: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.notice = notice
+        self.session_id = secrets.token_hex(3)
+        self.kube: Kube | None = None
+        self.target: Target | None = None
+        self.pod: str | None = None
+        self.container: str | None = None
+        self.made_pod = False
+        self.stream: KubeStream | None = None
+        self._end: str | None = None
+
+    # --- AgentLink -----------------------------------------------------------------------
+
+    async def open(self, channel: Channel, on_log: LogSink) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        self.kube = kube = await loop.run_in_executor(None, connect, s.kubeconfig, s.context)
+        self.target = target = await loop.run_in_executor(None, resolve, kube, s.target,
+                                                          s.namespace)
+        if target.note:
+            self.notice(f"mirrortrace: {target.note}")
+        if target.pod is None:
+            await loop.run_in_executor(None, self._make_pod, kube, target.namespace)
+        else:
+            await loop.run_in_executor(None, self._inject, kube, target)
+        await loop.run_in_executor(None, self._wait_running, kube, target.namespace)
+        lines = LineSplitter(on_log)
+
+        def closed(reason: str | None) -> None:
+            self._end = reason
+            if reason:
+                channel.connection_lost(ConnectionError(reason))
+            else:
+                channel.eof_received()
+
+        assert self.pod is not None and self.container is not None
+        query = urlencode({"container": self.container, "stdin": "true", "stdout": "true",
+                           "stderr": "true", "tty": "false"})
+        path = f"/api/v1/namespaces/{target.namespace}/pods/{self.pod}/attach?{query}"
+        endpoint = Endpoint(kube.configuration.host.rstrip("/") + path, kube.ssl_context(),
+                            kube.auth_headers(), kube.server_hostname())
+        try:
+            self.stream = await KubeStream.connect(endpoint, channel.data_received, lines.feed,
+                                                   closed)
+        except WebsocketError as exc:
+            raise AgentStartError(
+                f"cannot attach to the agent in pod {self.pod}: {exc}",
+                "check that you may create pods/attach (mirrortrace doctor)",
+            ) from None
+        channel.attach(self.stream)
+
+    def ended_how(self) -> str:
+        return f" ({self._end})" if self._end else ""
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            self.stream.close()  # stdin closes: the agent exits, its container ends
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        if self.made_pod and self.kube is not None and self.target is not None:
+            self.made_pod = False
+            try:
+                self.kube.call("delete", "pods", self.target.namespace,
+                               self.kube.core.delete_namespaced_pod, self.pod,
+                               self.target.namespace, grace_period_seconds=0)
+            except TargetError as exc:
+                self.notice(f"mirrortrace: could not delete the agent pod {self.pod}: {exc}")
+
+    # --- injection -------------------------------------------------------------------------
+
+    def _container_spec(self, name: str, args: list[str]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "image": self.settings.image,
+            "imagePullPolicy": "IfNotPresent",
+            "args": args,
+            "stdin": True,
+            "stdinOnce": True,
+            "tty": False,
+            # Reading /proc/1/root and /proc/1/environ of a process with another uid.
+            "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}},
+        }
+
+    def _inject(self, kube: Kube, target: Target) -> None:
+        assert target.pod is not None and target.container is not None
+        self.pod = target.pod
+        self.container = f"mirrortrace-{self.session_id}"
+        spec = self._container_spec(self.container, [*AGENT_ARGS, "--target-pid", "1"])
+        spec["targetContainerName"] = target.container
+        body = {"spec": {"ephemeralContainers": [spec]}}
+        kube.call("patch", "pods/ephemeralcontainers", target.namespace,
+                  kube.core.patch_namespaced_pod_ephemeralcontainers, target.pod,
+                  target.namespace, body)
+
+    def _make_pod(self, kube: Kube, namespace: str) -> None:
+        self.pod = f"mirrortrace-agent-{self.session_id}"
+        self.container = "agent"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": self.pod, "labels": {
+                "app.kubernetes.io/name": "mirrortrace-agent",
+                "app.kubernetes.io/managed-by": "mirrortrace"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 0,
+                "containers": [self._container_spec("agent", list(AGENT_ARGS))],
+            },
+        }
+        kube.call("create", "pods", namespace, kube.core.create_namespaced_pod, namespace, body)
+        self.made_pod = True
+
+    def _wait_running(self, kube: Kube, namespace: str) -> None:
+        """Until the agent's container runs; a hopeless wait fails at once with its reason."""
+        deadline = time.monotonic() + self.settings.start_timeout
+        last = "not started yet"
+        while True:
+            pod = kube.call("get", "pods", namespace, kube.core.read_namespaced_pod,
+                            self.pod, namespace)
+            statuses = ((pod.status.ephemeral_container_statuses if not self.made_pod
+                         else pod.status.container_statuses) or []) if pod.status else []
+            for status in statuses:
+                if status.name != self.container or status.state is None:
+                    continue
+                state = status.state
+                if state.running is not None:
+                    return
+                if state.terminated is not None:
+                    t = state.terminated
+                    raise AgentStartError(
+                        f"the agent container {self.container} in pod {self.pod} ended "
+                        f"(exit code {t.exit_code}{': ' + t.message if t.message else ''})",
+                        f"see its log: kubectl logs -n {namespace} {self.pod} -c {self.container}",
+                    )
+                if state.waiting is not None:
+                    reason = state.waiting.reason or "waiting"
+                    last = reason + (f": {state.waiting.message}" if state.waiting.message
+                                     else "")
+                    if reason in HOPELESS:
+                        raise AgentStartError(
+                            f"the agent container cannot start in pod {self.pod}: {last}",
+                            f"check that the cluster can pull {self.settings.image} "
+                            "(or give --agent-image)",
+                        )
+            if time.monotonic() > deadline:
+                raise AgentStartError(
+                    f"the agent container in pod {self.pod} did not start within "
+                    f"{self.settings.start_timeout:.0f}s ({last})",
+                    f"look at: kubectl describe pod -n {namespace} {self.pod}",
+                )
+            time.sleep(POLL)
