@@ -133,7 +133,9 @@ class KubeLink:
 
     # --- injection -------------------------------------------------------------------------
 
-    def _container_spec(self, name: str, args: list[str]) -> dict[str, Any]:
+    def _container_spec(self, name: str, args: list[str],
+                        run_as: tuple[int | None, int | None] = (None, None)
+                        ) -> dict[str, Any]:
         return {
             "name": name,
             "image": self.settings.image,
@@ -142,15 +144,15 @@ class KubeLink:
             "stdin": True,
             "stdinOnce": True,
             "tty": False,
-            # Reading /proc/1/root and /proc/1/environ of a process with another uid.
-            "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}},
+            "securityContext": security_context(*run_as),
         }
 
     def _inject(self, kube: Kube, target: Target) -> None:
         assert target.pod is not None and target.container is not None
         self.pod = target.pod
         self.container = f"mirrortrace-{self.session_id}"
-        spec = self._container_spec(self.container, [*AGENT_ARGS, "--target-pid", "1"])
+        spec = self._container_spec(self.container, [*AGENT_ARGS, "--target-pid", "1"],
+                                    target.run_as)
         spec["targetContainerName"] = target.container
         body = {"spec": {"ephemeralContainers": [spec]}}
         kube.call("patch", "pods/ephemeralcontainers", target.namespace,
@@ -160,7 +162,7 @@ class KubeLink:
     def _make_pod(self, kube: Kube, namespace: str) -> None:
         self.pod = f"mirrortrace-agent-{self.session_id}"
         self.container = "agent"
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": self.pod, "labels": {
@@ -169,7 +171,7 @@ class KubeLink:
             "spec": {
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": 0,
-                "containers": [self._container_spec("agent", list(AGENT_ARGS))],
+                "containers": [self._container_spec("agent", list(AGENT_ARGS), (65532, 65532))],
             },
         }
         kube.call("create", "pods", namespace, kube.core.create_namespaced_pod, namespace, body)
@@ -214,3 +216,23 @@ class KubeLink:
                     f"look at: kubectl describe pod -n {namespace} {self.pod}",
                 )
             time.sleep(POLL)
+
+
+def security_context(uid: int | None, gid: int | None) -> dict[str, Any]:
+    """The fewest privileges that let the agent see the target as the target sees itself.
+
+    As the target's own non-root user, /proc/1/root and /proc/1/environ are readable
+    without any capability and every file operation is the target's: no capability
+    at all. Only when the target's user is unknown (the image's USER) or root does
+    the agent run as root, with SYS_PTRACE to read another user's /proc/1, and it
+    then switches to the target's credentials for each file operation.
+    """
+    if uid is not None and uid != 0:
+        ctx: dict[str, Any] = {"runAsUser": uid, "runAsNonRoot": True,
+                               "allowPrivilegeEscalation": False,
+                               "capabilities": {"drop": ["ALL"]}}
+        if gid is not None:
+            ctx["runAsGroup"] = gid
+        return ctx
+    return {"runAsUser": 0, "runAsNonRoot": False,
+            "capabilities": {"add": ["SYS_PTRACE"]}}

@@ -31,6 +31,7 @@ class Target:
     pod: str | None  # None for targetless
     container: str | None
     note: str = ""  # e.g. which container was chosen among several
+    run_as: tuple[int | None, int | None] = (None, None)  # the container's uid, gid if set
 
 
 def parse(text: str) -> tuple[str, str, str | None]:
@@ -55,7 +56,7 @@ def resolve(kube: Kube, text: str, namespace: str | None) -> Target:
     else:
         pod = _pod_of(kube, kind, name, ns)
     chosen, note = _container(pod, container)
-    return Target(ns, pod.metadata.name, chosen, note)
+    return Target(ns, pod.metadata.name, chosen, note, _run_as(pod, chosen))
 
 
 def _pod_of(kube: Kube, kind: str, name: str, ns: str) -> Any:
@@ -116,3 +117,19 @@ def _container(pod: Any, wanted: str | None) -> tuple[str, str]:
         return names[0], (f"pod {pod_name} has containers {', '.join(names)}; using "
                           f"{names[0]} (choose with /container/NAME)")
     return names[0], ""
+
+
+def _run_as(pod: Any, container: str) -> tuple[int | None, int | None]:
+    """The uid and gid the container runs as, when its spec says (else the image's USER,
+    which the API cannot tell us)."""
+    uid = gid = None
+    pod_ctx = pod.spec.security_context
+    if pod_ctx is not None:
+        uid, gid = pod_ctx.run_as_user, pod_ctx.run_as_group
+    for c in pod.spec.containers:
+        if c.name == container and c.security_context is not None:
+            uid = c.security_context.run_as_user if c.security_context.run_as_user is not None \
+                else uid
+            gid = c.security_context.run_as_group \
+                if c.security_context.run_as_group is not None else gid
+    return uid, gid
