@@ -430,11 +430,42 @@ def syscalls() -> None:
 
 
 @app.command(cls=_Command)
-def doctor() -> None:
+def doctor(
+    namespace: Annotated[
+        Str, typer.Option("-n", "--namespace", metavar="NS", help="The namespace to check.")
+    ] = None,
+    context: Annotated[
+        Str, typer.Option("--context", metavar="CTX", help="The kubeconfig context to use.")
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
+    ] = None,
+) -> None:
     """Check that this machine can run mirrortrace, and say how to fix what is missing."""
     from supervisor.doctor import run_checks
 
-    raise typer.Exit(run_checks())
+    raise typer.Exit(run_checks(str(kubeconfig) if kubeconfig else None, context, namespace))
+
+
+@app.command(name="ls", cls=_Command)
+def ls(
+    namespace: Annotated[
+        Str, typer.Option("-n", "--namespace", metavar="NS", help="The namespace to list.")
+    ] = None,
+    context: Annotated[
+        Str, typer.Option("--context", metavar="CTX", help="The kubeconfig context to use.")
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
+    ] = None,
+) -> None:
+    """List the targets in a namespace, as kind/name lines for --target."""
+    from supervisor.k8s_access import targets
+    from supervisor.k8s_api import connect
+
+    kube = connect(_path(kubeconfig), context)
+    for line in targets(kube, namespace or kube.namespace):
+        print(line)
 
 
 @app.command(cls=_DemoCommand, context_settings={"allow_interspersed_args": False})

@@ -169,18 +169,50 @@ def check_python_ptrace() -> Check:
     return Check("python-ptrace", True, version)
 
 
-def check_kubernetes() -> Check:
-    return Check("kubernetes", None, "not configured (no target checks in this build)")
+def check_kubernetes(kubeconfig: str | None = None, context: str | None = None,
+                     namespace: str | None = None) -> list[Check]:
+    """The cluster, if one is configured: reachable, and each verb mirrortrace uses
+    allowed (asked of the API server itself)."""
+    wanted = kubeconfig or context or namespace
+    default = os.path.expanduser("~/.kube/config")
+    if not wanted and not os.environ.get("KUBECONFIG") and not os.path.exists(default):
+        return [Check("kubernetes", None, "not configured (no kubeconfig): --agent-exec and "
+                      "the local agent work without it")]
+    from pathlib import Path
+
+    from supervisor.errors import MirrortraceError
+    from supervisor.k8s_access import access
+    from supervisor.k8s_api import connect
+
+    try:
+        kube = connect(Path(kubeconfig) if kubeconfig else None, context)
+        ns = namespace or kube.namespace
+        version = kube.call("get", "version", None, _version_api(kube).get_code)
+        checks = [Check("kubernetes", True, f"{kube.where}, server {version.git_version}")]
+        for what, allowed, why in access(kube, ns):
+            checks.append(Check(f"rbac: {what}", allowed, f"in {ns}: {why}",
+                                f"grant '{what}' in namespace {ns} (the Role is in the README)"))
+        return checks
+    except MirrortraceError as exc:
+        return [Check("kubernetes", False, exc.message, exc.hint or "")]
 
 
-CHECKS = (check_ptrace, check_seccomp, check_kernel, check_python_ptrace, check_kubernetes)
+def _version_api(kube: object) -> object:
+    from kubernetes import client
+
+    return client.VersionApi(kube.api)  # type: ignore[attr-defined]
 
 
-def run_checks() -> int:
+CHECKS = (check_ptrace, check_seccomp, check_kernel, check_python_ptrace)
+
+
+def run_checks(kubeconfig: str | None = None, context: str | None = None,
+               namespace: str | None = None) -> int:
     """Print one line per check (and how to fix a failure); 0 if all pass, else 1."""
     failed = 0
-    for check in CHECKS:
-        result = check()
+    results = [check() for check in CHECKS]
+    results += check_kubernetes(kubeconfig, context, namespace)
+    for result in results:
         mark = {True: "ok", False: "FAIL", None: "--"}[result.ok]
         print(f"{mark:<4}  {result.name}: {result.detail}", flush=True)
         if result.ok is False:

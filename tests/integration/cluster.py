@@ -436,7 +436,9 @@ class Cluster:
             cmd += ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
             python = self.unprivileged_python()
             agent = self.agent_exec_unprivileged() if agent_exec is None else agent_exec
-        cmd += [python, "-m", "supervisor.cli", "run", "--agent-exec", agent, *mt_args, "--"]
+        # agent_exec="" means no --agent-exec at all (a --target run, or the local agent).
+        via = ["--agent-exec", agent] if agent else []
+        cmd += [python, "-m", "supervisor.cli", "run", *via, *mt_args, "--"]
         return cmd + [os.fspath(a) for a in argv]
 
     def _env(self, user: str | int | None, env: Mapping[str, str] | None) -> dict[str, str]:
