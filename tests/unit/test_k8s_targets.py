@@ -147,3 +147,12 @@ def test_the_agent_runs_as_the_targets_user_with_no_capability_when_known(
     for unknown in ((None, None), (0, 0)):
         ctx = security_context(*unknown)
         assert ctx["runAsUser"] == 0 and ctx["capabilities"] == {"add": ["SYS_PTRACE"]}
+
+
+def test_the_readme_shows_the_role_mirrortrace_really_needs() -> None:
+    from pathlib import Path
+
+    from supervisor.k8s_access import role_yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "```yaml\n" + role_yaml("dev") + "```" in readme
