@@ -63,10 +63,13 @@ class Kube:
         """The Authorization header for a websocket, refreshed the way the client does
         (exec plugins and expiring tokens run again when needed)."""
         cfg = self.configuration
-        if cfg.refresh_api_key_hook is not None:
-            cfg.refresh_api_key_hook(cfg)
-        value = cfg.get_api_key_with_prefix("authorization")
-        return {"Authorization": value} if value else {}
+        headers = {}
+        # auth_settings() is how the client itself builds its headers (it runs the
+        # refresh hook of exec plugins and expiring tokens as needed).
+        for setting in cfg.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"]).title()] = str(setting["value"])
+        return headers
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS for our own websocket, from the same configuration as the REST calls."""
