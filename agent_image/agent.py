@@ -23,6 +23,7 @@ from agent_image import protocol as p
 from agent_image.files import PodFiles, target_creds
 from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
 
+ATTACH_WAIT = 300.0  # seconds an --attached agent waits for a supervisor to speak
 FEATURES = (
     "connect", "udp", "read_file", "uname", "source_for", "env", "files", "write_files",
 )
@@ -187,7 +188,7 @@ def _domainname() -> str:
 
 
 async def serve(target_pid: int | None, root: str | None = None,
-                attached: bool = False) -> str | None:
+                attached: bool = False, attach_wait: float = ATTACH_WAIT) -> str | None:
     """Serve one session on stdin/stdout; returns the reason it ended (None if clean)."""
     agent = Agent(target_pid, root)
     channel = Channel(
@@ -208,7 +209,10 @@ async def serve(target_pid: int | None, root: str | None = None,
         os.dup2(os.open(os.devnull, os.O_RDWR), 1)
         await channel.open_pipes(rfile, wfile)
     try:
-        await channel.handshake()
+        # Attached as a container's main process, nobody may ever come (the supervisor
+        # was killed between injecting us and attaching): then end, or we would run
+        # forever in a container that can never be removed.
+        await channel.handshake(attach_wait if attached else None)
     except ChannelClosed as exc:
         return exc.reason
     return await channel.closed
@@ -236,6 +240,14 @@ def main(argv: list[str] | None = None) -> None:
         help="speak only when spoken to: the supervisor attaches to this process's stdio "
         "after it started (a container's main process, reached by `kubectl attach`)",
     )
+    parser.add_argument(
+        "--attach-wait",
+        type=float,
+        default=ATTACH_WAIT,
+        metavar="SECONDS",
+        help="with --attached: end if no supervisor has spoken within SECONDS "
+        f"(default {ATTACH_WAIT:g})",
+    )
     parser.add_argument("--version", action="version", version=f"mirrortrace-agent {__version__}")
     args = parser.parse_args(argv)
     if args.root is not None and not os.path.isdir(args.root):
@@ -243,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.target_pid is not None and not os.path.isdir(f"/proc/{args.target_pid}/root"):
         parser.exit(2, f"mirrortrace-agent: no process {args.target_pid} to serve files of\n")
     try:
-        reason = asyncio.run(serve(args.target_pid, args.root, args.attached))
+        reason = asyncio.run(serve(args.target_pid, args.root, args.attached, args.attach_wait))
     except KeyboardInterrupt:
         reason = "interrupted"
     if reason:

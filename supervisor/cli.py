@@ -375,6 +375,7 @@ def run(
                                 options.kubeconfig, options.agent_image or DEFAULT_IMAGE)
         link = KubeLink(settings, lambda text: print(notice_text(options.ui, text),
                                                      file=sys.stderr))
+        link.prepare()  # the cluster work overlaps the engine's start-up
     else:
         from supervisor.transport import PipeLink, spawn_agent
 

@@ -8,8 +8,6 @@ verb, so the answer includes every binding, aggregated role and webhook.
 
 from __future__ import annotations
 
-from typing import Any
-
 from supervisor.k8s_api import Kube
 
 RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -23,11 +21,11 @@ RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("batch", "jobs", ("get", "list"), "resolve job/NAME"),
 )
 
-LISTED = (  # what `mirrortrace ls` shows, in this order
-    ("deployment", "apps", "list_namespaced_deployment", "deployments"),
-    ("statefulset", "apps", "list_namespaced_stateful_set", "statefulsets"),
-    ("daemonset", "apps", "list_namespaced_daemon_set", "daemonsets"),
-    ("job", "batch", "list_namespaced_job", "jobs"),
+LISTED = (  # what `mirrortrace ls` shows, in this order: kind, API prefix, plural
+    ("deployment", "/apis/apps/v1", "deployments"),
+    ("statefulset", "/apis/apps/v1", "statefulsets"),
+    ("daemonset", "/apis/apps/v1", "daemonsets"),
+    ("job", "/apis/batch/v1", "jobs"),
 )
 
 
@@ -46,33 +44,35 @@ def role_yaml(namespace: str = "dev") -> str:
 
 def targets(kube: Kube, namespace: str) -> list[str]:
     """`kind/name` for every workload and running pod in the namespace."""
+    from supervisor.k8s_targets import running
+
     out = []
-    for kind, group, method, plural in LISTED:
-        items = kube.call("list", plural, namespace,
-                          getattr(getattr(kube, group), method), namespace).items
-        out += sorted(f"{kind}/{item.metadata.name}" for item in items)
-    pods = kube.call("list", "pods", namespace, kube.core.list_namespaced_pod, namespace).items
-    out += sorted(f"pod/{p.metadata.name}" for p in pods
-                  if p.status is not None and p.status.phase == "Running"
-                  and p.metadata.deletion_timestamp is None)
+    for kind, prefix, plural in LISTED:
+        items = kube.request("list", plural, namespace, "GET",
+                             f"{prefix}/namespaces/{namespace}/{plural}").get("items", [])
+        out += sorted(f"{kind}/{item['metadata']['name']}" for item in items)
+    pods = kube.request("list", "pods", namespace, "GET",
+                        f"/api/v1/namespaces/{namespace}/pods").get("items", [])
+    out += sorted(f"pod/{p['metadata']['name']}" for p in pods if running(p))
     return out
 
 
 def access(kube: Kube, namespace: str) -> list[tuple[str, bool, str]]:
     """(verb resource, allowed, why needed) for every rule, asked of the API server."""
-    from kubernetes import client
-
-    api = client.AuthorizationV1Api(kube.api)
     out = []
     for group, resource, verbs, why in RULES:
         name, _, sub = resource.partition("/")
         for verb in verbs:
-            review: Any = client.V1SelfSubjectAccessReview(
-                spec=client.V1SelfSubjectAccessReviewSpec(
-                    resource_attributes=client.V1ResourceAttributes(
-                        group=group, resource=name, subresource=sub or None, verb=verb,
-                        namespace=namespace)))
-            answer = kube.call("create", "selfsubjectaccessreviews", None,
-                               api.create_self_subject_access_review, review)
-            out.append((f"{verb} {resource}", bool(answer.status.allowed), why))
+            attributes = {"group": group, "resource": name, "verb": verb,
+                          "namespace": namespace}
+            if sub:
+                attributes["subresource"] = sub
+            review = {"apiVersion": "authorization.k8s.io/v1",
+                      "kind": "SelfSubjectAccessReview",
+                      "spec": {"resourceAttributes": attributes}}
+            answer = kube.request("create", "selfsubjectaccessreviews", None, "POST",
+                                  "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                                  body=review)
+            out.append((f"{verb} {resource}", bool(answer.get("status", {}).get("allowed")),
+                        why))
     return out

@@ -15,49 +15,66 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes import client, config
+from kubernetes import config
+from kubernetes.client.api_client import ApiClient
+from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from supervisor.errors import TargetError
 
 REQUEST_TIMEOUT = 15.0
-T = TypeVar("T")
 
 
 @dataclass
 class Kube:
-    """A loaded configuration and the API groups we use."""
+    """A loaded configuration, and plain JSON requests through the client's transport.
 
-    configuration: client.Configuration
-    api: client.ApiClient
-    core: client.CoreV1Api
-    apps: client.AppsV1Api
-    batch: client.BatchV1Api
+    The client's generated API classes cost most of a second to import (every model
+    comes with them) and then build model objects we would only read; so requests go
+    through its ApiClient (authentication, TLS, proxies, exec plugins, retries all
+    the client's own) and answers stay JSON.
+    """
+
+    configuration: Configuration
+    api: ApiClient
     namespace: str  # the default namespace of the context (or the pod's, in-cluster)
     where: str  # "context staging at https://...": for messages
 
-    def call(self, verb: str, resource: str, namespace: str | None,
-             fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one API call; its failure becomes a TargetError that names what we tried."""
-        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+    def request(self, verb: str, resource: str, namespace: str | None, method: str,
+                path: str, *, query: dict[str, str] | None = None, body: Any = None,
+                content_type: str = "application/json") -> Any:
+        """One API call; its answer as JSON, or a TargetError that names what we tried."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
         try:
-            return fn(*args, **kwargs)
+            args = self.api.param_serialize(
+                method, path, query_params=list((query or {}).items()), header_params=headers,
+                body=body, auth_settings=list(self.configuration.auth_settings()))
+            resp = self.api.call_api(*args, _request_timeout=REQUEST_TIMEOUT)
+            data = resp.read()
         except ApiException as exc:
             raise api_error(exc, verb, resource, namespace, self.where) from None
         except Exception as exc:  # urllib3's connection errors, SSL errors, DNS
-            if isinstance(exc, TargetError):
-                raise
             raise TargetError(
                 f"cannot reach the cluster ({self.where}): {_root_cause(exc)}",
                 "check your network or VPN, and the context: kubectl cluster-info",
             ) from None
+        if not 200 <= resp.status <= 299:
+            exc = ApiException(status=resp.status, reason=resp.reason,
+                               body=data.decode(errors="replace") if data else None)
+            raise api_error(exc, verb, resource, namespace, self.where)
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            raise TargetError(f"the API server answered {method} {path} with something that "
+                              "is not JSON") from None
 
     def auth_headers(self) -> dict[str, str]:
         """The Authorization header for a websocket, refreshed the way the client does
@@ -92,7 +109,7 @@ class Kube:
 def connect(kubeconfig: Path | None = None, context: str | None = None) -> Kube:
     """Load the configuration the way kubectl would: --kubeconfig, else $KUBECONFIG or
     ~/.kube/config, else the in-cluster service account."""
-    cfg = client.Configuration()
+    cfg = Configuration()
     namespace = "default"
     explicit = kubeconfig is not None or os.environ.get("KUBECONFIG")
     default_file = Path(os.path.expanduser(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION))
@@ -136,9 +153,7 @@ def connect(kubeconfig: Path | None = None, context: str | None = None) -> Kube:
         raise TargetError(f"cannot read the kubeconfig {where_file}: {exc}",
                           "check the file, or give --kubeconfig FILE") from None
     cfg.retries = 1  # a refused connection should fail now, not after urllib3's 3 retries
-    api = client.ApiClient(cfg)
-    return Kube(cfg, api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
-                namespace, where)
+    return Kube(cfg, ApiClient(cfg), namespace, where)
 
 
 def api_error(exc: ApiException, verb: str, resource: str, namespace: str | None,

@@ -18,7 +18,9 @@ rule ends it), deleted when the session ends.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +29,6 @@ from urllib.parse import urlencode
 
 from agent_image import __version__
 from supervisor.errors import AgentStartError, TargetError
-from supervisor.k8s_api import Kube, connect
-from supervisor.k8s_targets import Target, resolve
 from supervisor.k8s_ws import Endpoint, KubeStream, WebsocketError
 from supervisor.transport import LineSplitter, LogSink
 
@@ -36,10 +36,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agent_image.mux import Channel
+    from supervisor.k8s_api import Kube
+    from supervisor.k8s_targets import Target
 
 DEFAULT_IMAGE = f"ghcr.io/mirrortrace/agent:{__version__}"
 START_TIMEOUT = 120.0  # includes pulling the image the first time
-POLL = 0.2
+POLL = 0.05  # status polls while the container starts: a watch would save little
 # Waiting reasons that will not get better by waiting.
 HOPELESS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
             "CreateContainerConfigError", "ErrImageNeverPull"}
@@ -72,22 +74,46 @@ class KubeLink:
         self.made_pod = False
         self.stream: KubeStream | None = None
         self._end: str | None = None
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._started = False
+
+    def prepare(self) -> None:
+        """Start finding the target and injecting the agent now, in a thread: the client
+        alone takes a second to import, which then overlaps the engine's start-up.
+        Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        threading.Thread(target=self._prepare, name="mirrortrace-k8s", daemon=True).start()
+
+    def _prepare(self) -> None:
+        try:
+            # Here, in the thread: the official client takes most of a second to import.
+            from supervisor.k8s_api import connect
+            from supervisor.k8s_targets import resolve
+
+            s = self.settings
+            self.kube = kube = connect(s.kubeconfig, s.context)
+            self.target = target = resolve(kube, s.target, s.namespace)
+            if target.note:
+                self.notice(f"mirrortrace: {target.note}")
+            if target.pod is None:
+                self._make_pod(kube, target.namespace)
+            else:
+                self._inject(kube, target)
+            self._wait_running(kube, target.namespace)
+        except BaseException as exc:  # noqa: BLE001 - handed to open(), which raises it
+            self._ready.set_exception(exc)
+        else:
+            self._ready.set_result(None)
 
     # --- AgentLink -----------------------------------------------------------------------
 
     async def open(self, channel: Channel, on_log: LogSink) -> None:
-        loop = asyncio.get_running_loop()
-        s = self.settings
-        self.kube = kube = await loop.run_in_executor(None, connect, s.kubeconfig, s.context)
-        self.target = target = await loop.run_in_executor(None, resolve, kube, s.target,
-                                                          s.namespace)
-        if target.note:
-            self.notice(f"mirrortrace: {target.note}")
-        if target.pod is None:
-            await loop.run_in_executor(None, self._make_pod, kube, target.namespace)
-        else:
-            await loop.run_in_executor(None, self._inject, kube, target)
-        await loop.run_in_executor(None, self._wait_running, kube, target.namespace)
+        self.prepare()  # if the CLI has not already
+        await asyncio.wrap_future(self._ready)
+        kube, target = self.kube, self.target
+        assert kube is not None and target is not None
         lines = LineSplitter(on_log)
 
         def closed(reason: str | None) -> None:
@@ -97,15 +123,9 @@ class KubeLink:
             else:
                 channel.eof_received()
 
-        assert self.pod is not None and self.container is not None
-        query = urlencode({"container": self.container, "stdin": "true", "stdout": "true",
-                           "stderr": "true", "tty": "false"})
-        path = f"/api/v1/namespaces/{target.namespace}/pods/{self.pod}/attach?{query}"
-        endpoint = Endpoint(kube.configuration.host.rstrip("/") + path, kube.ssl_context(),
-                            kube.auth_headers(), kube.server_hostname())
         try:
-            self.stream = await KubeStream.connect(endpoint, channel.data_received, lines.feed,
-                                                   closed)
+            self.stream = await KubeStream.connect(self._endpoint(kube, target),
+                                                   channel.data_received, lines.feed, closed)
         except WebsocketError as exc:
             raise AgentStartError(
                 f"cannot attach to the agent in pod {self.pod}: {exc}",
@@ -122,14 +142,40 @@ class KubeLink:
             await asyncio.sleep(0)
 
     def close(self) -> None:
+        if self.stream is None and self._started and not self.made_pod:
+            # The run ended before attaching (a bad COMMAND, Ctrl-C): an agent injected
+            # meanwhile waits for us; attach once and hang up, so it ends now.
+            try:
+                self._ready.result(timeout=30)
+                asyncio.run(self._hang_up())
+            except Exception:  # noqa: BLE001 - it ends by itself after ATTACH_WAIT anyway
+                pass
         if self.made_pod and self.kube is not None and self.target is not None:
             self.made_pod = False
+            ns = self.target.namespace
             try:
-                self.kube.call("delete", "pods", self.target.namespace,
-                               self.kube.core.delete_namespaced_pod, self.pod,
-                               self.target.namespace, grace_period_seconds=0)
+                self.kube.request("delete", "pods", ns, "DELETE",
+                                  f"/api/v1/namespaces/{ns}/pods/{self.pod}",
+                                  query={"gracePeriodSeconds": "0"})
             except TargetError as exc:
                 self.notice(f"mirrortrace: could not delete the agent pod {self.pod}: {exc}")
+
+    async def _hang_up(self) -> None:
+        kube, target = self.kube, self.target
+        if kube is None or target is None or self.pod is None:
+            return
+        stream = await KubeStream.connect(self._endpoint(kube, target), lambda _: None,
+                                          lambda _: None, lambda _: None)
+        stream.close()
+        await asyncio.sleep(0.1)
+
+    def _endpoint(self, kube: Kube, target: Target) -> Endpoint:
+        assert self.pod is not None and self.container is not None
+        query = urlencode({"container": self.container, "stdin": "true", "stdout": "true",
+                           "stderr": "true", "tty": "false"})
+        path = f"/api/v1/namespaces/{target.namespace}/pods/{self.pod}/attach?{query}"
+        return Endpoint(kube.configuration.host.rstrip("/") + path, kube.ssl_context(),
+                        kube.auth_headers(), kube.server_hostname())
 
     # --- injection -------------------------------------------------------------------------
 
@@ -155,9 +201,10 @@ class KubeLink:
                                     target.run_as)
         spec["targetContainerName"] = target.container
         body = {"spec": {"ephemeralContainers": [spec]}}
-        kube.call("patch", "pods/ephemeralcontainers", target.namespace,
-                  kube.core.patch_namespaced_pod_ephemeralcontainers, target.pod,
-                  target.namespace, body)
+        ns = target.namespace
+        kube.request("patch", "pods/ephemeralcontainers", ns, "PATCH",
+                     f"/api/v1/namespaces/{ns}/pods/{target.pod}/ephemeralcontainers",
+                     body=body, content_type="application/strategic-merge-patch+json")
 
     def _make_pod(self, kube: Kube, namespace: str) -> None:
         self.pod = f"mirrortrace-agent-{self.session_id}"
@@ -174,35 +221,37 @@ class KubeLink:
                 "containers": [self._container_spec("agent", list(AGENT_ARGS), (65532, 65532))],
             },
         }
-        kube.call("create", "pods", namespace, kube.core.create_namespaced_pod, namespace, body)
+        kube.request("create", "pods", namespace, "POST", f"/api/v1/namespaces/{namespace}/pods",
+                     body=body)
         self.made_pod = True
 
     def _wait_running(self, kube: Kube, namespace: str) -> None:
         """Until the agent's container runs; a hopeless wait fails at once with its reason."""
+        from supervisor.k8s_targets import get_pod
+
         deadline = time.monotonic() + self.settings.start_timeout
         last = "not started yet"
         while True:
-            pod = kube.call("get", "pods", namespace, kube.core.read_namespaced_pod,
-                            self.pod, namespace)
-            statuses = ((pod.status.ephemeral_container_statuses if not self.made_pod
-                         else pod.status.container_statuses) or []) if pod.status else []
-            for status in statuses:
-                if status.name != self.container or status.state is None:
+            pod = get_pod(kube, namespace, self.pod or "")
+            key = "containerStatuses" if self.made_pod else "ephemeralContainerStatuses"
+            for status in pod.get("status", {}).get(key) or []:
+                state = status.get("state") or {}
+                if status.get("name") != self.container or not state:
                     continue
-                state = status.state
-                if state.running is not None:
+                if "running" in state:
                     return
-                if state.terminated is not None:
-                    t = state.terminated
+                if "terminated" in state:
+                    t = state["terminated"]
+                    why = f": {t['message']}" if t.get("message") else ""
                     raise AgentStartError(
                         f"the agent container {self.container} in pod {self.pod} ended "
-                        f"(exit code {t.exit_code}{': ' + t.message if t.message else ''})",
+                        f"(exit code {t.get('exitCode')}{why})",
                         f"see its log: kubectl logs -n {namespace} {self.pod} -c {self.container}",
                     )
-                if state.waiting is not None:
-                    reason = state.waiting.reason or "waiting"
-                    last = reason + (f": {state.waiting.message}" if state.waiting.message
-                                     else "")
+                if "waiting" in state:
+                    reason = state["waiting"].get("reason") or "waiting"
+                    message = state["waiting"].get("message")
+                    last = reason + (f": {message}" if message else "")
                     if reason in HOPELESS:
                         raise AgentStartError(
                             f"the agent container cannot start in pod {self.pod}: {last}",

@@ -5,6 +5,7 @@ being deleted; the first by name is taken, so two runs against the same
 cluster state pick the same pod. The container is the one named, else the
 pod's `kubectl.kubernetes.io/default-container` annotation, else the first
 (as kubectl does; a note says so when there were several to choose from).
+Objects are the API's JSON (supervisor/k8s_api.py says why).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from supervisor.errors import TargetError
 from supervisor.k8s_api import Kube
 
 DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
-# kind -> (API group attribute on Kube, read method, plural for messages)
+# kind -> (API path prefix, plural)
 WORKLOADS = {
-    "deployment": ("apps", "read_namespaced_deployment", "deployments"),
-    "statefulset": ("apps", "read_namespaced_stateful_set", "statefulsets"),
-    "daemonset": ("apps", "read_namespaced_daemon_set", "daemonsets"),
-    "job": ("batch", "read_namespaced_job", "jobs"),
+    "deployment": ("/apis/apps/v1", "deployments"),
+    "statefulset": ("/apis/apps/v1", "statefulsets"),
+    "daemonset": ("/apis/apps/v1", "daemonsets"),
+    "job": ("/apis/batch/v1", "jobs"),
 }
 
 
@@ -42,67 +43,74 @@ def parse(text: str) -> tuple[str, str, str | None]:
     return kind, name, container
 
 
+def get_pod(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    pod: dict[str, Any] = kube.request("get", "pods", ns, "GET",
+                                       f"/api/v1/namespaces/{ns}/pods/{name}")
+    return pod
+
+
 def resolve(kube: Kube, text: str, namespace: str | None) -> Target:
     ns = namespace or kube.namespace
     if text == "targetless":
         return Target(ns, None, None)
     kind, name, container = parse(text)
     if kind == "pod":
-        pod = kube.call("get", "pods", ns, kube.core.read_namespaced_pod, name, ns)
-        if not _running(pod):
-            phase = pod.status.phase if pod.status else "unknown"
+        pod = get_pod(kube, ns, name)
+        if not running(pod):
+            phase = pod.get("status", {}).get("phase", "unknown")
             raise TargetError(f"pod/{name} in namespace {ns} is not running (phase {phase})",
                               "wait for it to start, or target its deployment instead")
     else:
         pod = _pod_of(kube, kind, name, ns)
     chosen, note = _container(pod, container)
-    return Target(ns, pod.metadata.name, chosen, note, _run_as(pod, chosen))
+    return Target(ns, pod["metadata"]["name"], chosen, note, _run_as(pod, chosen))
 
 
-def _pod_of(kube: Kube, kind: str, name: str, ns: str) -> Any:
-    group, method, plural = WORKLOADS[kind]
-    workload = kube.call("get", plural, ns, getattr(getattr(kube, group), method), name, ns)
-    selector = _selector(workload)
+def _pod_of(kube: Kube, kind: str, name: str, ns: str) -> dict[str, Any]:
+    prefix, plural = WORKLOADS[kind]
+    workload = kube.request("get", plural, ns, "GET",
+                            f"{prefix}/namespaces/{ns}/{plural}/{name}")
+    selector = selector_text(workload.get("spec", {}).get("selector"))
     if not selector:
         raise TargetError(f"{kind}/{name} in namespace {ns} has no pod selector")
-    pods = kube.call("list", "pods", ns, kube.core.list_namespaced_pod, ns,
-                     label_selector=selector).items
-    running = sorted((p for p in pods if _running(p)), key=lambda p: p.metadata.name)
-    if not running:
-        seen = ", ".join(f"{p.metadata.name} ({p.status.phase if p.status else '?'})"
+    pods = kube.request("list", "pods", ns, "GET", f"/api/v1/namespaces/{ns}/pods",
+                        query={"labelSelector": selector}).get("items", [])
+    ready = sorted((p for p in pods if running(p)), key=lambda p: p["metadata"]["name"])
+    if not ready:
+        seen = ", ".join(f"{p['metadata']['name']} ({p.get('status', {}).get('phase', '?')})"
                          for p in pods[:5]) or "none"
         raise TargetError(f"{kind}/{name} in namespace {ns} has no running pod (pods: {seen})",
                           f"check it with: kubectl get pods -n {ns} -l {selector}")
-    return running[0]
+    return ready[0]
 
 
-def _selector(workload: Any) -> str:
-    sel = workload.spec.selector
-    if sel is None:
+def selector_text(sel: dict[str, Any] | None) -> str:
+    """A LabelSelector as the labelSelector query parameter."""
+    if not sel:
         return ""
-    terms = [f"{k}={v}" for k, v in sorted((sel.match_labels or {}).items())]
-    for expr in sel.match_expressions or []:
-        op = expr.operator
-        values = ",".join(expr.values or [])
+    terms = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
+    for expr in sel.get("matchExpressions") or []:
+        op, key = expr.get("operator"), expr.get("key")
+        values = ",".join(expr.get("values") or [])
         if op == "In":
-            terms.append(f"{expr.key} in ({values})")
+            terms.append(f"{key} in ({values})")
         elif op == "NotIn":
-            terms.append(f"{expr.key} notin ({values})")
+            terms.append(f"{key} notin ({values})")
         elif op == "Exists":
-            terms.append(expr.key)
+            terms.append(key)
         elif op == "DoesNotExist":
-            terms.append(f"!{expr.key}")
+            terms.append(f"!{key}")
     return ",".join(terms)
 
 
-def _running(pod: Any) -> bool:
-    return (pod.status is not None and pod.status.phase == "Running"
-            and pod.metadata.deletion_timestamp is None)
+def running(pod: dict[str, Any]) -> bool:
+    return (pod.get("status", {}).get("phase") == "Running"
+            and not pod["metadata"].get("deletionTimestamp"))
 
 
-def _container(pod: Any, wanted: str | None) -> tuple[str, str]:
-    names = [c.name for c in pod.spec.containers]
-    pod_name = pod.metadata.name
+def _container(pod: dict[str, Any], wanted: str | None) -> tuple[str, str]:
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    pod_name = pod["metadata"]["name"]
     if wanted is not None:
         if wanted not in names:
             raise TargetError(
@@ -110,7 +118,7 @@ def _container(pod: Any, wanted: str | None) -> tuple[str, str]:
                 "name one of those with /container/NAME",
             )
         return wanted, ""
-    annotated = (pod.metadata.annotations or {}).get(DEFAULT_CONTAINER)
+    annotated = (pod["metadata"].get("annotations") or {}).get(DEFAULT_CONTAINER)
     if annotated in names:
         return annotated, ""
     if len(names) > 1:
@@ -119,17 +127,14 @@ def _container(pod: Any, wanted: str | None) -> tuple[str, str]:
     return names[0], ""
 
 
-def _run_as(pod: Any, container: str) -> tuple[int | None, int | None]:
+def _run_as(pod: dict[str, Any], container: str) -> tuple[int | None, int | None]:
     """The uid and gid the container runs as, when its spec says (else the image's USER,
     which the API cannot tell us)."""
-    uid = gid = None
-    pod_ctx = pod.spec.security_context
-    if pod_ctx is not None:
-        uid, gid = pod_ctx.run_as_user, pod_ctx.run_as_group
-    for c in pod.spec.containers:
-        if c.name == container and c.security_context is not None:
-            uid = c.security_context.run_as_user if c.security_context.run_as_user is not None \
-                else uid
-            gid = c.security_context.run_as_group \
-                if c.security_context.run_as_group is not None else gid
+    pod_ctx = pod["spec"].get("securityContext") or {}
+    uid, gid = pod_ctx.get("runAsUser"), pod_ctx.get("runAsGroup")
+    for c in pod["spec"]["containers"]:
+        if c["name"] == container:
+            ctx = c.get("securityContext") or {}
+            uid = ctx.get("runAsUser", uid)
+            gid = ctx.get("runAsGroup", gid)
     return uid, gid

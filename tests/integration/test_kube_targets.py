@@ -112,7 +112,7 @@ def test_pod_and_container_targets_and_the_default_namespace(cluster: Cluster,
     ("pod/web-x/container/db", "pod", "has no container 'db'"),
     ("deployment/web", "deny", "RBAC does not let you patch pods/ephemeralcontainers in "
                                "namespace dev"),
-    ("deployment/web", "unpullable", "ImagePullBackOff"),
+    ("deployment/web", "unpullable", "cannot start in pod web-"),
     ("deployment/idle", "idle", "deployment/idle in namespace dev has no running pod"),
 ])
 def test_each_target_error_is_one_line_and_exit_2_before_command_runs(
@@ -123,7 +123,7 @@ def test_each_target_error_is_one_line_and_exit_2_before_command_runs(
     elif setup == "deny":
         dev.deny("patch", "pods/ephemeralcontainers")
     elif setup == "unpullable":
-        dev.unpullable[DEFAULT_IMAGE] = "rpc error: code = NotFound"
+        dev.make_unpullable(DEFAULT_IMAGE, "rpc error: code = NotFound")
     elif setup == "idle":
         dev.add_deployment("dev", "idle", {"app": "idle"}, replicas=0)
     marker = tmp_path / "ran"
@@ -131,6 +131,8 @@ def test_each_target_error_is_one_line_and_exit_2_before_command_runs(
     assert out.returncode == 2, out.stderr
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr
+    if setup == "unpullable":
+        assert "ImagePull" in lines[0] and "--agent-image" in lines[0]  # the kubelet's reason
     assert not marker.exists()
 
 

@@ -287,3 +287,20 @@ def test_agent_answers_a_failed_file_change_with_the_errno(tmp_path: Path) -> No
 
     asyncio.run(asyncio.wait_for(main(), 20))
     assert (tmp_path / "d").is_dir()
+
+
+def test_an_attached_agent_nobody_speaks_to_ends_by_itself() -> None:
+    """Injected, then the supervisor died before attaching: the agent must not run forever
+    in a container that can never be removed."""
+    with subprocess.Popen([*AGENT, "--attached", "--attach-wait", "0.5"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            proc.wait(timeout=20)  # stdin stays open: nobody ever speaks
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        assert proc.returncode == 1
+        assert out == b""  # it never spoke first
+        assert b"no hello from the supervisor within 0.5 s" in err
