@@ -191,3 +191,12 @@ def test_the_channel_survives_a_large_transfer_through_the_websocket(
     size, sha = out.stdout.split()
     assert int(size) == 20_000_000
     assert sha == hashlib.sha256(deterministic_bytes(20_000_000)).hexdigest()
+
+
+def test_an_unprivileged_user_runs_against_a_target(cluster: Cluster, dev: KubeDouble,
+                                                     unpriv_python: str) -> None:
+    """No root on the laptop: the kubeconfig and the websocket are all a user needs."""
+    out = cluster.run(["curl", "-s", f"http://web:{WEB_PORT}/hello"], user="nobody",
+                      agent_exec="", mt_args=["--kubeconfig", str(dev.kubeconfig),
+                                              "-t", "deployment/web"])
+    assert out.returncode == 0 and "hello" in out.stdout, out.stderr
