@@ -200,3 +200,18 @@ def test_an_unprivileged_user_runs_against_a_target(cluster: Cluster, dev: KubeD
                       agent_exec="", mt_args=["--kubeconfig", str(dev.kubeconfig),
                                               "-t", "deployment/web"])
     assert out.returncode == 0 and "hello" in out.stdout, out.stderr
+
+
+from test_files import CONFIG, PodTree  # noqa: E402
+from test_files import pod as pod_tree  # noqa: E402,F401  (the module fixture, reused)
+
+
+def test_the_targets_files_are_read_through_the_websocket(cluster: Cluster, dev: KubeDouble,
+                                                          pod_tree: PodTree) -> None:  # noqa: F811
+    """The files scenario with -t: the injected agent's /proc/1 is the chroot'ed target."""
+    dev.container_argv = lambda pod, spec: [
+        *cluster.agent_argv, *[str(pod_tree.pid) if a == "1" else a for a in spec["args"]]]
+    out = run(cluster, dev, ["sh", "-c", "cat /etc/app/config.yaml; sha256sum /data/big.bin; "
+                             "ls /data/nested"], "-t", "deployment/web")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (CONFIG.decode() + f"{pod_tree.big_sha}  /data/big.bin\n" + "a\n")
