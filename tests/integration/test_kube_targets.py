@@ -215,3 +215,24 @@ def test_the_targets_files_are_read_through_the_websocket(cluster: Cluster, dev:
                              "ls /data/nested"], "-t", "deployment/web")
     assert out.returncode == 0, out.stderr
     assert out.stdout == (CONFIG.decode() + f"{pod_tree.big_sha}  /data/big.bin\n" + "a\n")
+
+
+def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", cluster.laptop_ns, cluster.python, "-m",
+                           "supervisor.cli", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cluster.repo)
+
+
+def test_ls_lists_the_targets_as_kind_slash_name(cluster: Cluster, dev: KubeDouble) -> None:
+    dev.add_statefulset("dev", "db", {"app": "db"})
+    dev.add_pod("dev", "pending-one", ["app"], phase="Pending")
+    out = _cli(cluster, "ls", "-n", "dev", "--kubeconfig", str(dev.kubeconfig))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["deployment/web", "statefulset/db"]
+    pods = [ln for ln in lines if ln.startswith("pod/")]
+    assert "pod/db-0" in pods and web_pod(dev) in {p[4:] for p in pods}
+    assert "pod/pending-one" not in pods  # not a usable target
+    dev.deny("list", "deployments")
+    out = _cli(cluster, "ls", "-n", "dev", "--kubeconfig", str(dev.kubeconfig))
+    assert out.returncode == 2 and "RBAC does not let you list deployments" in out.stderr
