@@ -90,9 +90,12 @@ class FrameReader:
         self._opcode = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self._buf += data
         out: list[tuple[int, bytes]] = []
-        buf = self._buf
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the common case: frames parsed where they arrived, one copy less
         pos = 0
         while len(buf) - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
@@ -121,7 +124,7 @@ class FrameReader:
                 at += 4
             if len(buf) - at < length:
                 break
-            payload = bytes(buf[at : at + length])
+            payload = bytes(buf[at : at + length])  # bytes: a slice copies; bytearray: too
             if key:
                 payload = mask(payload, key)
             pos = at + length
@@ -135,7 +138,10 @@ class FrameReader:
             if fin:
                 out.append((self._opcode, b"".join(self._parts)))
                 self._parts = []
-        del buf[:pos]
+        if buf is self._buf:
+            del self._buf[:pos]
+        else:
+            self._buf += buf[pos:]
         return out
 
 
