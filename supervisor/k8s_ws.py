@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from supervisor.k8s_tls import open_tls
+
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
 PROTOCOLS = (V5, V4)
@@ -189,11 +191,14 @@ class KubeStream(asyncio.Protocol):
         stream = cls(on_stdout, on_stderr, on_close)
         stream._upgraded = loop.create_future()
         try:
-            await asyncio.wait_for(loop.create_connection(
-                lambda: stream, parts.hostname, port,
-                ssl=endpoint.ssl_context if secure else None,
-                server_hostname=(endpoint.server_hostname or parts.hostname) if secure else None,
-            ), timeout)
+            if secure:
+                context = endpoint.ssl_context or ssl.create_default_context()
+                await asyncio.wait_for(open_tls(
+                    stream, parts.hostname or "", port, context,
+                    endpoint.server_hostname or parts.hostname), timeout)
+            else:
+                await asyncio.wait_for(loop.create_connection(
+                    lambda: stream, parts.hostname, port), timeout)
         except (OSError, ssl.SSLError) as exc:
             raise WebsocketError(f"cannot reach {parts.hostname}:{port}: {exc}") from None
         except TimeoutError:

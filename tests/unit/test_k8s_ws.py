@@ -203,3 +203,64 @@ def test_v4_has_no_close_signal_so_closing_stdin_ends_the_session() -> None:
         assert not server.closed_stdin.is_set()
 
     run(main())
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """A server context with a fresh self-signed certificate for 127.0.0.1, and a client
+    context that trusts exactly it."""
+    import ssl
+    import subprocess
+
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                   check=True, capture_output=True)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(d / "cert.pem", d / "key.pem")
+    client = ssl.create_default_context(cafile=str(d / "cert.pem"))
+    return server, client
+
+
+def test_a_session_over_tls_carries_megabytes_both_ways(tls_pair: tuple[Any, Any]) -> None:
+    """Our own non-blocking TLS transport (supervisor/k8s_tls.py) under the websocket."""
+    server_ctx, client_ctx = tls_pair
+
+    async def main() -> None:
+        server = Server()
+        srv = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_ctx)
+        _SERVERS.append(srv)
+        port = srv.sockets[0].getsockname()[1]
+        out: list[bytes] = []
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        endpoint = ws.Endpoint(f"https://127.0.0.1:{port}/api/v1/namespaces/dev/pods/p/attach",
+                               client_ctx, {})
+        stream = await ws.KubeStream.connect(endpoint, out.append, lambda _: None,
+                                             lambda r: done.done() or done.set_result(r))
+        blob = bytes(range(256)) * 16384  # 4 MiB: many TLS records, partial writes
+        for i in range(0, len(blob), 300_000):
+            stream.write(blob[i : i + 300_000])
+        while sum(map(len, out)) < len(blob):
+            await asyncio.sleep(0.01)
+        assert b"".join(out) == blob
+        stream.close_stdin()
+        assert await asyncio.wait_for(done, 5) == "the process exited with status 3"
+
+    run(main())
+
+
+def test_a_certificate_the_client_does_not_trust_is_refused(tls_pair: tuple[Any, Any]) -> None:
+    import ssl
+
+    server_ctx, _ = tls_pair
+
+    async def main() -> None:
+        srv = await asyncio.start_server(Server().handle, "127.0.0.1", 0, ssl=server_ctx)
+        _SERVERS.append(srv)
+        port = srv.sockets[0].getsockname()[1]
+        endpoint = ws.Endpoint(f"https://127.0.0.1:{port}/x", ssl.create_default_context(), {})
+        with pytest.raises(ws.WebsocketError, match="CERTIFICATE_VERIFY_FAILED"):
+            await ws.KubeStream.connect(endpoint, lambda _: None, lambda _: None, lambda _: None)
+
+    run(main())
