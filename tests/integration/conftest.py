@@ -66,3 +66,20 @@ def programs() -> Iterator[Programs]:
 def unpriv_python(cluster: Cluster) -> str:
     """A world-readable interpreter with mirrortrace installed, for setpriv'd runs."""
     return cluster.unprivileged_python()
+
+
+from kubeapi import KubeDouble  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Cluster) -> Iterator[KubeDouble]:
+    """The Kubernetes API server double (kubeapi.py), listening in the laptop namespace: its
+    ``kubeconfig`` is world-readable; skipped without the openssl program. Always closed
+    (server, the processes it started, its files)."""
+    if not shutil.which("openssl"):
+        pytest.skip("the kube API double needs the openssl program (apt-get install openssl)")
+    double = KubeDouble(cluster)
+    try:
+        yield double
+    finally:
+        double.close()
