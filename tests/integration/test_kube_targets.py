@@ -236,3 +236,18 @@ def test_ls_lists_the_targets_as_kind_slash_name(cluster: Cluster, dev: KubeDoub
     dev.deny("list", "deployments")
     out = _cli(cluster, "ls", "-n", "dev", "--kubeconfig", str(dev.kubeconfig))
     assert out.returncode == 2 and "RBAC does not let you list deployments" in out.stderr
+
+
+def test_doctor_checks_the_cluster_and_each_verb_mirrortrace_needs(cluster: Cluster,
+                                                                  dev: KubeDouble) -> None:
+    out = _cli(cluster, "doctor", "-n", "dev", "--kubeconfig", str(dev.kubeconfig))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok    kubernetes: context sim" in out.stdout and "server v1.30" in out.stdout
+    assert "ok    rbac: patch pods/ephemeralcontainers: in dev: inject the agent" in out.stdout
+    dev.deny("patch", "pods/ephemeralcontainers")
+    out = _cli(cluster, "doctor", "-n", "dev", "--kubeconfig", str(dev.kubeconfig))
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    failed = lines.index(next(ln for ln in lines if ln.startswith("FAIL  rbac: patch pods/")))
+    assert "grant 'patch pods/ephemeralcontainers' in namespace dev" in lines[failed + 1]
+    assert lines[-1] == "1 problem found"
