@@ -184,7 +184,8 @@ class RemoteFiles:
     def close(self) -> None:
         """Remove the cache (the session is over: nothing of the pod stays on disk)."""
         if self._inotify is not None:
-            self._loop.call_soon_threadsafe(self._loop.remove_reader, self._inotify.fd)
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._loop.remove_reader, self._inotify.fd)
             self._inotify.close()
             self._inotify = None
         shutil.rmtree(self._base, ignore_errors=True)

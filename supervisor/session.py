@@ -137,8 +137,6 @@ class Session(TcpRelays, UdpRelays):
                 pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
-            if not self.thread.is_alive():
-                self.loop.close()
         self.link.close()
         if self.fs is not None:
             self.fs.close()
@@ -149,6 +147,8 @@ class Session(TcpRelays, UdpRelays):
             sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if not self.thread.is_alive():
+            self.loop.close()  # last: the file cache's close still talks to it
 
     async def _close(self) -> None:
         if self.channel is not None:
