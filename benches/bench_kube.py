@@ -31,7 +31,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -140,7 +139,6 @@ def kube_setup(cm: Any, progs: dict[str, str]) -> Iterator[Setup]:
         kube = kubeapi.KubeDouble(cl)
         target = None
         try:
-            no_nagle(kube)
             # The target container's main process: what /proc/1 is for the injected agent
             # (it shares the target's process namespace), here any process in the pod netns.
             target = spawn(["ip", "netns", "exec", cl.pod_ns, "env", "-i",
@@ -156,27 +154,6 @@ def kube_setup(cm: Any, progs: dict[str, str]) -> Iterator[Setup]:
             kube.close()  # kills every agent it started, before the namespaces go
             if target is not None:
                 kill_tree(target)
-
-
-def no_nagle(kube: Any) -> None:
-    """Turn Nagle's algorithm off on the double's connections, as on a real API server
-    (Go sets TCP_NODELAY on every TCP connection; Python's socketserver does not).
-
-    With Nagle on, a small websocket frame the double writes while an earlier one is still
-    unacknowledged waits for that ACK, which the receiving side delays by up to 40 ms
-    (delayed ACK; tcp(7), TCP_QUICKACK): about one connect + GET in ten then took ~45 ms
-    instead of ~3 ms, a cost of the double, not of mirrortrace. This wraps the double's
-    server for this instance only; drop it once kubeapi.py sets TCP_NODELAY itself.
-    """
-    httpd = kube._httpd
-    accept = httpd.finish_request
-
-    def finish_request(request: socket.socket, client_address: Any) -> None:
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        accept(request, client_address)
-
-    httpd.finish_request = finish_request
 
 
 def cpu_self() -> float:
