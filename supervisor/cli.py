@@ -212,6 +212,18 @@ Str = str | None
 Strs = list[str] | None
 
 
+# The cluster options, the same for run, ls and doctor.
+NamespaceOpt = Annotated[
+    Str, typer.Option("-n", "--namespace", metavar="NS", help="The target's namespace.")
+]
+ContextOpt = Annotated[
+    Str, typer.Option("--context", metavar="CTX", help="The kubeconfig context to use.")
+]
+KubeconfigOpt = Annotated[
+    Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
+]
+
+
 @app.command(cls=_RunCommand, context_settings={"allow_interspersed_args": False})
 def run(
     command: Annotated[
@@ -236,15 +248,9 @@ def run(
             "-t", "--target", help="pod/NAME, deployment/NAME, ... or targetless.", metavar="TARGET"
         ),
     ] = None,
-    namespace: Annotated[
-        Str, typer.Option("-n", "--namespace", metavar="NS", help="The target's namespace.")
-    ] = None,
-    context: Annotated[
-        Str, typer.Option("--context", metavar="CTX", help="The kubeconfig context to use.")
-    ] = None,
-    kubeconfig: Annotated[
-        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
-    ] = None,
+    namespace: NamespaceOpt = None,
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
     agent_image: Annotated[
         Str,
         typer.Option(
@@ -432,15 +438,7 @@ def syscalls() -> None:
 
 @app.command(cls=_Command)
 def doctor(
-    namespace: Annotated[
-        Str, typer.Option("-n", "--namespace", metavar="NS", help="The namespace to check.")
-    ] = None,
-    context: Annotated[
-        Str, typer.Option("--context", metavar="CTX", help="The kubeconfig context to use.")
-    ] = None,
-    kubeconfig: Annotated[
-        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
-    ] = None,
+    namespace: NamespaceOpt = None, context: ContextOpt = None, kubeconfig: KubeconfigOpt = None
 ) -> None:
     """Check that this machine can run mirrortrace, and say how to fix what is missing."""
     from supervisor.doctor import run_checks
@@ -450,15 +448,7 @@ def doctor(
 
 @app.command(name="ls", cls=_Command)
 def ls(
-    namespace: Annotated[
-        Str, typer.Option("-n", "--namespace", metavar="NS", help="The namespace to list.")
-    ] = None,
-    context: Annotated[
-        Str, typer.Option("--context", metavar="CTX", help="The kubeconfig context to use.")
-    ] = None,
-    kubeconfig: Annotated[
-        Path | None, typer.Option("--kubeconfig", metavar="FILE", help="The kubeconfig file.")
-    ] = None,
+    namespace: NamespaceOpt = None, context: ContextOpt = None, kubeconfig: KubeconfigOpt = None
 ) -> None:
     """List the targets in a namespace, as kind/name lines for --target."""
     from supervisor.k8s_access import targets

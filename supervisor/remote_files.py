@@ -46,15 +46,13 @@ from supervisor.inotify import IN_CLOSE_WRITE, IN_Q_OVERFLOW, Inotify
 
 CHUNK = 960 * 1024  # a FileData frame stays under protocol.MAX_PAYLOAD with its header
 IN_FLIGHT = 8  # chunk requests outstanding per file: enough to fill a fast channel
+# The tracee's open flags: the same ABI as ours (x86_64 only), so os's names serve.
 O_ACCMODE = 0o3
-O_CREAT = 0o100
-O_EXCL = 0o200
-O_TRUNC = 0o1000
-O_DIRECTORY = 0o200000
-O_NOFOLLOW = 0o400000
-O_TMPFILE_BIT = 0o20000000
-W_OK = 2
-X_OK = 1
+O_CREAT, O_EXCL, O_TRUNC = os.O_CREAT, os.O_EXCL, os.O_TRUNC
+O_DIRECTORY, O_NOFOLLOW = os.O_DIRECTORY, os.O_NOFOLLOW
+O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY
+W_OK = os.W_OK
+X_OK = os.X_OK
 _PREFIX = "mirrortrace-files-"
 _LINK_PLACEHOLDER = b"(a symbolic link in the pod)"
 _FORCE = (-1, -1)  # a copy whose pod file must be rewritten even if nothing changed here

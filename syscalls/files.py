@@ -48,13 +48,9 @@ from syscalls.base import (
 )
 from syscalls.fsstruct import pack_stat, pack_statx
 
-O_ACCMODE = 0o3
-O_CREAT = 0o100
-O_EXCL = 0o200
-O_TRUNC = 0o1000
-O_NOFOLLOW = 0o400000
-O_WRONLY = 0o1
-W_OK = 2
+# The tracee's open flags: the same ABI as ours (x86_64 only), so os's names serve.
+O_CREAT, O_EXCL, O_TRUNC = os.O_CREAT, os.O_EXCL, os.O_TRUNC
+O_NOFOLLOW, O_WRONLY = os.O_NOFOLLOW, os.O_WRONLY
 _OPEN_HOW = struct.Struct("<QQQ")
 _VIA = "pod"
 
