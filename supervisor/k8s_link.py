@@ -78,9 +78,8 @@ class KubeLink:
         self._started = False
 
     def prepare(self) -> None:
-        """Start finding the target and injecting the agent now, in a thread: the client
-        alone takes a second to import, which then overlaps the engine's start-up.
-        Idempotent."""
+        """Start finding the target and injecting the agent now, in a thread, so the
+        cluster's round trips overlap the engine's start-up. Idempotent."""
         if self._started:
             return
         self._started = True
@@ -88,7 +87,7 @@ class KubeLink:
 
     def _prepare(self) -> None:
         try:
-            # Here, in the thread: the official client takes most of a second to import.
+            # Here, in the thread: importing the official client takes a quarter second.
             from supervisor.k8s_api import connect
             from supervisor.k8s_targets import resolve
 
