@@ -47,14 +47,14 @@ class Agent:
         if isinstance(msg, p.ReadFile):
             return self.read_file(msg)
         if isinstance(msg, p.Stat):
-            return _stat_info(self.files.stat(msg.path, follow=msg.follow))
+            return p.StatInfo.from_stat(self.files.stat(msg.path, follow=msg.follow))
         if isinstance(msg, p.ListDir):
             listing = self.files.listdir(msg.path)
             return p.DirEntries(entries=[[e.name, e.kind, e.ino] for e in listing])
         if isinstance(msg, p.ReadLink):
             return p.LinkTarget(target=self.files.readlink(msg.path))
         if isinstance(msg, p.WriteFile):
-            return _stat_info(self.files.write(
+            return p.StatInfo.from_stat(self.files.write(
                 msg.path, msg.blob, msg.offset, truncate=msg.truncate, create=msg.create,
                 mode=msg.mode, size=msg.size,
             ))
@@ -168,15 +168,6 @@ class Agent:
         st, data = self.files.read(msg.path, max(0, msg.offset), limit)
         return p.FileData(path=msg.path, size=st.st_size, mode=st.st_mode, mtime=st.st_mtime,
                           offset=msg.offset, mtime_ns=st.st_mtime_ns, blob=data)
-
-
-def _stat_info(st: os.stat_result) -> p.StatInfo:
-    return p.StatInfo(
-        mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink,
-        ino=st.st_ino, dev=st.st_dev, rdev=st.st_rdev, blksize=st.st_blksize,
-        blocks=st.st_blocks, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-    )
 
 
 def _domainname() -> str:

@@ -429,6 +429,13 @@ class StatInfo(Message):
     mtime_ns: int
     ctime_ns: int
 
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> StatInfo:
+        return cls(mode=st.st_mode, size=st.st_size, uid=st.st_uid, gid=st.st_gid,
+                   nlink=st.st_nlink, ino=st.st_ino, dev=st.st_dev, rdev=st.st_rdev,
+                   blksize=st.st_blksize, blocks=st.st_blocks, atime_ns=st.st_atime_ns,
+                   mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+
 
 @message
 @dataclass

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Protocol
+
+from agent_image.protocol import StatInfo
 
 # struct stat: dev, ino, nlink (u64); mode, uid, gid (u32), pad; rdev; size, blksize,
 # blocks (s64); atime, atime_nsec, mtime, ..., ctime, ...; 3 unused longs.
@@ -26,25 +27,7 @@ STATX_BASIC_STATS = 0x7FF  # type, mode, nlink, uid, gid, atime, mtime, ctime, i
 _NS = 1_000_000_000
 
 
-class Meta(Protocol):
-    """What the agent's StatInfo carries (agent_image/protocol.py)."""
-
-    mode: int
-    size: int
-    uid: int
-    gid: int
-    nlink: int
-    ino: int
-    dev: int
-    rdev: int
-    blksize: int
-    blocks: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-
-
-def pack_stat(m: Meta) -> bytes:
+def pack_stat(m: StatInfo) -> bytes:
     """struct stat, as stat(2), lstat(2), fstat(2) and newfstatat(2) fill it."""
     a, an = divmod(m.atime_ns, _NS)
     t, tn = divmod(m.mtime_ns, _NS)
@@ -53,7 +36,7 @@ def pack_stat(m: Meta) -> bytes:
                       m.blksize, m.blocks, a, an, t, tn, c, cn, 0, 0, 0)
 
 
-def pack_statx(m: Meta, mask: int = STATX_BASIC_STATS) -> bytes:
+def pack_statx(m: StatInfo, mask: int = STATX_BASIC_STATS) -> bytes:
     """struct statx with the basic fields (no birth time: the pod's is not asked for).
 
     `mask` is what the program asked for; the reply's stx_mask says what is

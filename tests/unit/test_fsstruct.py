@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from agent_image.protocol import StatInfo
 from syscalls.fsstruct import STAT_SIZE, STATX_BASIC_STATS, STATX_SIZE, pack_stat, pack_statx
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -16,28 +16,8 @@ SYS_STATX = 332
 AT_FDCWD = -100
 
 
-@dataclass
-class Info:
-    mode: int
-    size: int
-    uid: int
-    gid: int
-    nlink: int
-    ino: int
-    dev: int
-    rdev: int
-    blksize: int
-    blocks: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-
-
-def _info(path: Path) -> Info:
-    st = os.lstat(path)
-    return Info(st.st_mode, st.st_size, st.st_uid, st.st_gid, st.st_nlink, st.st_ino, st.st_dev,
-                st.st_rdev, st.st_blksize, st.st_blocks, st.st_atime_ns, st.st_mtime_ns,
-                st.st_ctime_ns)
+def _info(path: Path) -> StatInfo:
+    return StatInfo.from_stat(os.lstat(path))
 
 
 def _kernel_stat(path: Path) -> bytes:
