@@ -650,17 +650,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         for proc in list(LIVE):
             kill_tree(proc)
         shutil.rmtree(tmp, ignore_errors=True)
+    return conclude(report, machine_lines(args.quick, load_before), started)
+
+
+def conclude(report: Report, header: list[str], started: float) -> int:
+    """Print the table (and any failures); the bench's exit status."""
     report.notes.append(f"The whole bench took {time.monotonic() - started:.0f} s.")
-    print(render(report, machine_lines(args.quick, load_before)))
+    print(render(report, header))
     for failure in report.failures:
         print(f"\nFAILED {failure}", file=sys.stderr)
     return 1 if report.failures else 0
 
 
-if __name__ == "__main__":
+def entry(main: Callable[[], int]) -> None:
+    """Run a bench's main: exit with its status, or 130 when it was interrupted (after
+    its own cleanup has ended everything it started)."""
     try:
         sys.exit(main())
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"bench: interrupted ({str(exc) or 'Ctrl-C'}); everything it started is gone",
               file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    entry(main)

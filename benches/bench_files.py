@@ -48,17 +48,17 @@ from bench_core import (  # noqa: E402  (the benches directory is not a package)
     REPO,
     STOP_SIGNALS,
     Done,
-    Interrupted,
     Report,
     RunFailed,
     _on_signal,
+    conclude,
+    entry,
     fmt_ratio,
     fmt_time,
     interleave,
     kill_tree,
     machine_lines,
     median,
-    render,
     run,
     say,
 )
@@ -412,17 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = old_tmpdir
-    report.notes.append(f"The whole bench took {time.monotonic() - started:.0f} s.")
-    print(render(report, header(args.quick, load_before)))
-    for failure in report.failures:
-        print(f"\nFAILED {failure}", file=sys.stderr)
-    return 1 if report.failures else 0
+    return conclude(report, header(args.quick, load_before), started)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"bench: interrupted ({str(exc) or 'Ctrl-C'}); everything it started is gone",
-              file=sys.stderr)
-        sys.exit(130)
+    entry(main)

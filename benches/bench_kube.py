@@ -48,11 +48,12 @@ from bench_core import (  # noqa: E402  (the benches directory is not a package)
     LIVE,
     PYTHON,
     STOP_SIGNALS,
-    Interrupted,
     Report,
     RunFailed,
     _on_signal,
     build_programs,
+    conclude,
+    entry,
     fmt_ratio,
     fmt_time,
     goal,
@@ -64,7 +65,6 @@ from bench_core import (  # noqa: E402  (the benches directory is not a package)
     parse_latencies,
     parse_rate,
     percentile,
-    render,
     run,
     say,
     spawn,
@@ -387,17 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for proc in list(LIVE):
             kill_tree(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    report.notes.append(f"The whole bench took {time.monotonic() - started:.0f} s.")
-    print(render(report, header(args.quick, load_before)))
-    for failure in report.failures:
-        print(f"\nFAILED {failure}", file=sys.stderr)
-    return 1 if report.failures else 0
+    return conclude(report, header(args.quick, load_before), started)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"bench: interrupted ({str(exc) or 'Ctrl-C'}); everything it started is gone",
-              file=sys.stderr)
-        sys.exit(130)
+    entry(main)
