@@ -136,8 +136,8 @@ class ExitPlan:
     restore: dict[int, int] | None = None
     hook: Callable[[Any], None] | None = None
     result: int | None = None
-    inject: k.Regs | None = None  # regs to restore after an injected mmap or seccomp
-    injected_filter: bool = False
+    inject: k.Regs | None = None  # regs to restore after an injected syscall (mmap, seccomp)
+    injected: Callable[[Thread, int], None] | None = None  # gets the injected call's result
     interrupted_nr: int | None = None  # a parked call we broke off for a signal
 
 
@@ -228,6 +228,8 @@ class Tracer:
         pod_filter: bytes | None = None,
     ) -> None:
         self.handlers = handlers
+        if pod_filter is not None and len(pod_filter) + 16 > SCRATCH_SLOT:
+            raise ValueError("the pod filter does not fit in a scratch slot")
         self.pod_filter = pod_filter
         self.session = session
         self.threads: dict[int, Thread] = {}
@@ -550,10 +552,7 @@ class Tracer:
             return
         regs = k.get_regs(tid)
         if plan.inject is not None:
-            if plan.injected_filter:
-                self._finish_pod_filter(th, regs, plan.inject)
-            else:
-                self._finish_inject(th, regs, plan.inject)
+            self._finish_inject(th, regs, plan)
             return
         if plan.interrupted_nr is not None:
             self._finish_interrupt(th, regs, plan.interrupted_nr)
@@ -581,32 +580,41 @@ class Tracer:
 
     # --- scratch memory ---------------------------------------------------------------
 
-    def _inject_mmap(self, th: Thread, regs: k.Regs) -> None:
+    def _inject(self, th: Thread, regs: k.Regs, nr: int, args: tuple[int, ...],
+                done: Callable[[Thread, int], None]) -> None:
+        """Turn this stop's syscall into another (nr, args); at its exit done(thread,
+        result) runs, and the original syscall is entered again, handler and all."""
         saved = k.Regs.from_buffer_copy(regs)
-        regs.orig_rax = SYS_MMAP
-        regs.rdi = 0
-        regs.rsi = SCRATCH_SLOT * SCRATCH_SLOTS
-        regs.rdx = 0x3  # PROT_READ | PROT_WRITE
-        regs.r10 = 0x22  # MAP_PRIVATE | MAP_ANONYMOUS
-        regs.r8 = _U64  # fd -1
-        regs.r9 = 0
+        regs.orig_rax = nr
+        for name, value in zip(ARG_REGS, args, strict=False):
+            setattr(regs, name, value & _U64)
         k.set_regs(th.tid, regs)
-        th.exit = ExitPlan(inject=saved)
+        th.exit = ExitPlan(inject=saved, injected=done)
         k.resume_to_exit(th.tid)
 
-    def _finish_inject(self, th: Thread, regs: k.Regs, saved: k.Regs) -> None:
-        addr = _signed(regs.rax)
+    def _finish_inject(self, th: Thread, regs: k.Regs, plan: ExitPlan) -> None:
+        assert plan.inject is not None and plan.injected is not None
+        plan.injected(th, _signed(regs.rax))
+        # Re-execute the original syscall: back up over the 2-byte syscall
+        # instruction with rax = its number, as the kernel's own restart does.
+        saved = plan.inject
+        saved.rip -= 2
+        saved.rax = saved.orig_rax
+        k.set_regs(th.tid, saved)
+        k.cont(th.tid)
+
+    def _inject_mmap(self, th: Thread, regs: k.Regs) -> None:
+        # PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, fd -1
+        self._inject(th, regs, SYS_MMAP, (0, SCRATCH_SLOT * SCRATCH_SLOTS, 0x3, 0x22, -1, 0),
+                     self._mapped)
+
+    @staticmethod
+    def _mapped(th: Thread, addr: int) -> None:
         mm = th.proc.mm
         if addr < 0:
             mm.scratch_failed = True
         else:
             mm.add_region(addr)
-        # Re-execute the original syscall: back up over the 2-byte syscall
-        # instruction with rax = its number, as the kernel's own restart does.
-        saved.rip -= 2
-        saved.rax = saved.orig_rax
-        k.set_regs(th.tid, saved)
-        k.cont(th.tid)
 
     def _inject_pod_filter(self, th: Thread, regs: k.Regs) -> None:
         """Make this syscall a seccomp(SET_MODE_FILTER, TSYNC) adding the pod filter to
@@ -615,34 +623,24 @@ class Tracer:
         The filter program and its sock_fprog go into a scratch slot. TSYNC keeps the
         process's threads on one filter tree, which later clones inherit."""
         assert self.pod_filter is not None
-        proc = th.proc
-        mm = proc.mm
-        if not mm.free or len(self.pod_filter) + 16 > SCRATCH_SLOT:
+        mm = th.proc.mm
+        if not mm.free:
             self._inject_mmap(th, regs)  # the handler asks again once there is room
             return
         slot = mm.free.pop()
         count = len(self.pod_filter) // 8
         fprog = count.to_bytes(2, "little") + bytes(6) + (slot + 16).to_bytes(8, "little")
         mm.mem.write(slot, fprog + self.pod_filter)
-        saved = k.Regs.from_buffer_copy(regs)
-        regs.orig_rax = SYS_SECCOMP
-        regs.rdi = SECCOMP_SET_MODE_FILTER
-        regs.rsi = SECCOMP_FILTER_FLAG_TSYNC
-        regs.rdx = slot
-        k.set_regs(th.tid, regs)
         th.slot = slot
-        th.exit = ExitPlan(inject=saved, injected_filter=True)
-        k.resume_to_exit(th.tid)
+        self._inject(th, regs, SYS_SECCOMP,
+                     (SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, slot),
+                     self._filtered)
 
-    def _finish_pod_filter(self, th: Thread, regs: k.Regs, saved: k.Regs) -> None:
+    def _filtered(self, th: Thread, result: int) -> None:
         # Marked done even on failure: a process that cannot take it (its threads on
         # diverging filters) keeps working, with fstat of copies showing the copy.
         th.proc.pod_filter = True
         self._free_slot(th)
-        saved.rip -= 2
-        saved.rax = saved.orig_rax
-        k.set_regs(th.tid, saved)
-        k.cont(th.tid)
 
     # --- parked threads and signals ---------------------------------------------------
 
