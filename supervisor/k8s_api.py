@@ -118,11 +118,9 @@ def connect(kubeconfig: Path | None = None, context: str | None = None) -> Kube:
             config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
                                     context=context, client_configuration=cfg,
                                     persist_config=False)
-            _, active = config.list_kube_config_contexts(
+            contexts, active = config.list_kube_config_contexts(
                 config_file=str(kubeconfig) if kubeconfig else None)
             chosen = context or (active or {}).get("name")
-            contexts, _ = config.list_kube_config_contexts(
-                config_file=str(kubeconfig) if kubeconfig else None)
             for ctx in contexts or []:
                 if ctx.get("name") == chosen:
                     namespace = (ctx.get("context") or {}).get("namespace") or "default"
