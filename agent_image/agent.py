@@ -26,6 +26,7 @@ from agent_image.mux import Channel, ChannelClosed, DatagramBridge, TcpBridge
 ATTACH_WAIT = 300.0  # seconds an --attached agent waits for a supervisor to speak
 FEATURES = (
     "connect", "udp", "read_file", "uname", "source_for", "env", "files", "write_files",
+    "ping",
 )
 
 
@@ -40,6 +41,8 @@ class Agent:
 
     def handle(self, sid: int, msg: p.Message) -> p.Message | None | Awaitable[p.Message | None]:
         """The answer, at once; or, for what must wait on the network, an awaitable."""
+        if isinstance(msg, p.Ping):
+            return p.Pong()  # at once: the supervisor times this round trip
         if isinstance(msg, p.Connect):
             return self.connect(sid, msg)
         if isinstance(msg, p.UdpOpen):

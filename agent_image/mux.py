@@ -333,10 +333,19 @@ class Channel:
             fut = self._pending.get(sid)
             if fut is None:
                 raise p.ProtocolError(f"response to unknown request {sid}")
+            try:
+                reply = p.decode_message(frame.payload)
+            except p.UnknownOp as exc:  # a newer peer's reply: an error for this request only
+                reply = p.ErrorReply(errno="EPROTO", message=str(exc))
             if not fut.done():
-                fut.set_result(p.decode_message(frame.payload))
+                fut.set_result(reply)
         elif ftype is p.FrameType.REQUEST:
-            self._start_request(sid, p.decode_message(frame.payload))
+            try:
+                msg = p.decode_message(frame.payload)
+            except p.UnknownOp as exc:  # a newer peer's request: say so, stay open
+                self.respond(sid, p.ErrorReply(errno="EOPNOTSUPP", message=str(exc)))
+                return
+            self._start_request(sid, msg)
         elif ftype is p.FrameType.GOODBYE:
             self._finish(None)
         elif ftype is p.FrameType.ERROR:
@@ -430,6 +439,11 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
     The bridge may exist before its socket (the supervisor registers it when it
     sends the connect request); anything the peer sends meanwhile is held until
     the socket arrives, bounded by the window we granted.
+
+    It counts the bytes it moves (`from_socket`: read from the socket and sent on;
+    `to_socket`: written to it) with one integer add per chunk, and once the stream
+    is over, `end_error` holds the errno name it ended with, or None for a clean end
+    (both sides half-closed).
     """
 
     def __init__(self, channel: Channel, on_done: Callable[[], None] | None = None) -> None:
@@ -446,6 +460,14 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
         self._reset: p.Reset | None = None
         self._started = True
         self._done = False
+        self.from_socket = 0
+        self.to_socket = 0
+        self.end_error: str | None = None
+
+    @property
+    def socket_eof(self) -> bool:
+        """Our socket has half-closed its sending side (its owner is done writing)."""
+        return self._local_eof
 
     def hold_reading(self) -> None:
         """Do not read the socket until start(): the agent must send its reply first."""
@@ -477,14 +499,16 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
             self._write_eof()
 
     def data_received(self, data: bytes) -> None:
-        if len(data) <= p.MAX_DATA_CHUNK:
+        n = len(data)
+        self.from_socket += n
+        if n <= p.MAX_DATA_CHUNK:
             self.channel.send(p.FrameType.DATA, self.sid, data)
         else:
             view = memoryview(data)
             for start in range(0, len(view), p.MAX_DATA_CHUNK):
                 chunk = view[start : start + p.MAX_DATA_CHUNK]
                 self.channel.send(p.FrameType.DATA, self.sid, bytes(chunk))
-        self._send_window -= len(data)
+        self._send_window -= n
         if self._send_window <= 0 and self.transport is not None and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
@@ -498,10 +522,14 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._done:
             self._done = True
-            if self.channel.streams.get(self.sid) is self:
+            if self._reset is not None:
+                self.end_error = self._reset.errno
+            elif self.channel.streams.get(self.sid) is self:
+                # Not both half-closes, nor a reset from the peer: our socket broke.
                 err = "ECONNRESET"
                 if isinstance(exc, OSError) and exc.errno:
                     err = errno.errorcode.get(exc.errno, "ECONNRESET")
+                self.end_error = err
                 self.channel.reset(self.sid, p.Reset(errno=err, message=str(exc or "closed")))
             if self.on_done is not None:
                 self.on_done()
@@ -524,8 +552,10 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
         assert self.transport is not None
         if self.transport.is_closing():
             return
+        n = len(data)
+        self.to_socket += n  # before the write: a reader may see the bytes before it returns
         self.transport.write(data)
-        self._owed += len(data)
+        self._owed += n
         if not self._write_paused:
             self._grant()
 

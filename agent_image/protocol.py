@@ -23,8 +23,10 @@ Frame types (stream 0 is the session itself):
 Control payloads (HELLO, REQUEST, RESPONSE, RESET) are a u32 BE length, a UTF-8
 JSON object of that length, then an optional binary blob (file contents), so bytes
 never travel as base64 and nothing is ever unpickled. Unknown JSON fields are
-ignored and unknown ops are answered with an ErrorReply, so either side can grow
-without "V2" variants.
+ignored, a request of an unknown op is answered with an ErrorReply (EOPNOTSUPP) and
+a reply of one reaches its requester as an ErrorReply (EPROTO), so either side can
+grow without "V2" variants. What a peer serves beyond that is in its hello's
+features: a request older peers may not know (Ping) goes only to a peer listing it.
 
 Flow control is per stream and byte-counted: each side may have at most
 INITIAL_WINDOW bytes of DATA in flight on a stream until the peer grants more with
@@ -58,6 +60,13 @@ _JSON_LEN = struct.Struct("!I")
 
 class ProtocolError(Exception):
     """The peer sent something this side cannot understand; the session must end."""
+
+
+class UnknownOp(ProtocolError):
+    """A well-formed control message of an op this side does not know (a newer peer's).
+
+    Not fatal where a request or reply can carry it: a request is answered with an
+    ErrorReply (EOPNOTSUPP), a reply reaches its requester as one (EPROTO)."""
 
 
 class FrameType(enum.IntEnum):
@@ -285,7 +294,7 @@ def decode_message(payload: bytes) -> Message:
     op = body.get("op")
     cls = _MESSAGES.get(op) if isinstance(op, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown op {op!r}")
+        raise UnknownOp(f"unknown op {op!r}")
     kwargs = {name: body[name] for name in cls._wire if name in body}
     missing = cls._required.difference(kwargs)
     if missing:
@@ -574,6 +583,23 @@ class Environment(Message):
 
     op: ClassVar[str] = "environment"
     source: str = ""
+
+
+@message
+@dataclass
+class Ping(Message):
+    """Answered at once with Pong: the supervisor times the round trip.
+
+    Sent only to an agent whose hello lists the "ping" feature: agents older than
+    Ping also ended the session on any unknown op instead of answering it."""
+
+    op: ClassVar[str] = "ping"
+
+
+@message
+@dataclass
+class Pong(Message):
+    op: ClassVar[str] = "pong"
 
 
 @message

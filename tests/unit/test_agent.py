@@ -128,6 +128,19 @@ def test_agent_connects_and_relays_bytes_both_ways() -> None:
         server.close()
 
 
+def test_agent_answers_ping_at_once_and_says_so_in_its_hello() -> None:
+    assert "ping" in FEATURES  # the supervisor sends Ping only to agents listing it
+    assert Agent(None).handle(1, p.Ping()) == p.Pong()  # a message, not an awaitable
+
+    async def body(ch: Channel) -> None:
+        assert "ping" in ch.peer_hello.result().features
+        for _ in range(3):
+            assert await ch.request(p.Ping()) == p.Pong()
+        assert ch.is_open
+
+    with_agent(body)
+
+
 def test_agent_exchanges_datagrams_with_their_source_address() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
         peer.bind(("127.0.0.1", 0))

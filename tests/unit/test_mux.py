@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
@@ -122,6 +124,46 @@ def test_an_unserved_op_is_answered_not_fatal() -> None:
     run(main())
 
 
+@dataclass
+class Teleport(p.Message):
+    """A message of a newer peer: never registered, so this side's decoder knows no such op."""
+
+    op: ClassVar[str] = "teleport"
+
+
+def test_an_unknown_request_op_is_answered_and_the_channel_stays_open() -> None:
+    """An older agent must survive a newer supervisor's request (protocol.py's promise)."""
+
+    async def handler(sid: int, msg: p.Message) -> p.Message:
+        return p.Done()
+
+    async def main() -> None:
+        sup, agent = await _pair(handler)
+        reply = await sup.request(Teleport())
+        assert isinstance(reply, p.ErrorReply) and reply.errno == "EOPNOTSUPP"
+        assert "teleport" in reply.message
+        assert sup.is_open and agent.is_open
+        assert await sup.request(p.Uname()) == p.Done()
+
+    run(main())
+
+
+def test_an_unknown_reply_op_fails_that_request_only() -> None:
+    """A newer agent's answer this supervisor cannot read is that request's error."""
+
+    async def handler(sid: int, msg: p.Message) -> p.Message:
+        return Teleport() if isinstance(msg, p.Ping) else p.Done()
+
+    async def main() -> None:
+        sup, agent = await _pair(handler)
+        reply = await sup.request(p.Ping())
+        assert isinstance(reply, p.ErrorReply) and reply.errno == "EPROTO"
+        assert sup.is_open and agent.is_open
+        assert await sup.request(p.Uname()) == p.Done()
+
+    run(main())
+
+
 async def _bridged() -> tuple[Channel, Channel, socket.socket, socket.socket, TcpBridge]:
     """A stream whose ends are socketpairs: app <-> sup bridge ~ agent bridge <-> server."""
     loop = asyncio.get_running_loop()
@@ -170,6 +212,55 @@ def test_bytes_cross_both_ways_in_order_and_half_close_works() -> None:
         assert await loop.sock_recv(server, 10) == b""  # EOF reached the far end
         await loop.sock_sendall(server, b"still open the other way")
         assert await _recv_exactly(app, 24) == b"still open the other way"
+
+    run(main())
+
+
+def _sup_bridge(sup: Channel) -> TcpBridge:
+    [bridge] = sup.streams.values()
+    assert isinstance(bridge, TcpBridge)
+    return bridge
+
+
+def test_bridges_count_the_bytes_each_way_and_a_clean_end_has_no_error() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sup, _, app, server, agent_bridge = await _bridged()
+        bridge = _sup_bridge(sup)
+        up, down = 3 * p.MAX_DATA_CHUNK + 7, p.INITIAL_WINDOW + 12345  # chunked, windowed
+        sending = loop.create_task(loop.sock_sendall(app, bytes(up)))
+        assert len(await _recv_exactly(server, up)) == up
+        await sending
+        await loop.sock_sendall(server, bytes(down))
+        assert len(await _recv_exactly(app, down)) == down
+        # app -> pod is what the supervisor's bridge read from its socket, and the
+        # agent's wrote to its own; pod -> app the other way round.
+        assert (bridge.from_socket, bridge.to_socket) == (up, down)
+        assert (agent_bridge.from_socket, agent_bridge.to_socket) == (down, up)
+        app.shutdown(socket.SHUT_WR)
+        assert await loop.sock_recv(server, 1) == b""
+        server.shutdown(socket.SHUT_WR)
+        assert await loop.sock_recv(app, 1) == b""
+        await asyncio.sleep(0.05)
+        assert bridge.socket_eof and bridge.end_error is None
+        assert bridge.transport is not None and bridge.transport.is_closing()
+
+    run(main())
+
+
+def test_a_reset_stream_says_how_it_ended() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sup, _, app, server, agent_bridge = await _bridged()
+        bridge = _sup_bridge(sup)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        server.close()
+        with pytest.raises(ConnectionResetError):
+            while await loop.sock_recv(app, 10):
+                pass
+        assert agent_bridge.end_error == "ECONNRESET"  # its socket broke
+        assert bridge.end_error == "ECONNRESET"  # the peer's RESET said so
+        assert not bridge.socket_eof
 
     run(main())
 

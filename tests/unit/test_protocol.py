@@ -156,6 +156,24 @@ def test_an_unknown_op_is_a_protocol_error() -> None:
         p.decode_message(p.encode_control({"op": "teleport"}))
 
 
+def test_an_unknown_op_is_told_apart_from_a_malformed_message() -> None:
+    """The channel answers a newer peer's op and stays open; it ends only on garbage."""
+    with pytest.raises(p.UnknownOp):
+        p.decode_message(p.encode_control({"op": "teleport", "to": "mars"}))
+    with pytest.raises(p.ProtocolError) as missing:
+        p.decode_message(p.encode_control({"op": "connect", "host": "x"}))
+    assert not isinstance(missing.value, p.UnknownOp)
+
+
+def test_ping_and_pong_round_trip_and_ignore_fields_of_newer_peers() -> None:
+    for msg in (p.Ping(), p.Pong()):
+        back = p.decode_message(msg.to_payload())
+        assert back == msg and type(back) is type(msg)
+    assert p.decode_control(p.Ping().to_payload()) == ({"op": "ping"}, b"")
+    newer = p.encode_control({"op": "pong", "agent_load": 0.5})
+    assert p.decode_message(newer) == p.Pong()
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"", b"\x00\x00", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x02\xff\xfe"],
