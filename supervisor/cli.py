@@ -62,7 +62,7 @@ def _usage_line(err: click_errors.UsageError, args: list[str]) -> str:
     return f"{message} (see {where} --help)"
 
 
-_COMMANDS = ("run", "config", "syscalls", "doctor", "demo")
+_COMMANDS = ("run", "config", "syscalls", "doctor", "demo", "replay")
 
 
 def _pass_through(param: Any) -> None:
@@ -473,6 +473,28 @@ def demo(
     from supervisor.demo import run_demo
 
     raise typer.Exit(run_demo(command or None))
+
+
+@app.command(cls=_Command)
+def replay(
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The file written by mirrortrace run --events.")
+    ],
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Print only the summary, not the final view.")
+    ] = False,
+    width: Annotated[
+        Str,
+        typer.Option(
+            "--width", metavar="COLUMNS", help="Columns to fit.  [default: the terminal's, or 100]"
+        ),
+    ] = None,
+) -> None:
+    """Show a recorded session again: its final dashboard and summary, from an --events file."""
+    from supervisor.replay import make_console
+    from supervisor.replay import replay as replay_file
+
+    replay_file(Path(file), make_console(width), live=not summary)
 
 
 def main(argv: list[str] | None = None) -> None:
