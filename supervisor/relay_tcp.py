@@ -9,6 +9,10 @@ peer and closes anything else; no other local user can ride on the relay.
 A connect the program will not wait for (non-blocking, or past SO_SNDTIMEO)
 is left really connecting to a listener that drops its SYNs and completed by
 a TCP simultaneous open when the pod answers (`start_pending`).
+
+Each stream joined to a program socket is counted (bytes each way, in TcpBridge)
+and listed by `open_streams` while it lasts; when it ends, one "close" event
+carries its totals, so a replay of an --events file has them too.
 """
 
 from __future__ import annotations
@@ -19,20 +23,73 @@ import errno
 import fcntl
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from agent_image import protocol as p
 from agent_image.mux import Channel, ChannelClosed, TcpBridge
+from supervisor.events import Event, EventBus
 from syscalls.net import ensure_bound, unmap
 
 Addr = tuple[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """One relayed TCP stream as `TcpRelays.open_streams` saw it.
+
+    target and via are the text of the stream's connect event; pid and comm the
+    process that connected; opened is when the stream joined its socket
+    (time.time()); sent and received count the bytes the program wrote to the pod
+    and the bytes the pod's end delivered to the program, so far.
+    """
+
+    target: str
+    via: str
+    pid: int
+    comm: str
+    opened: float
+    sent: int
+    received: int
+
+
 class RelayBridge(TcpBridge):
-    """A stream to the pod and what the pod said about its end of it."""
+    """A stream to the pod, what the pod said about its end of it, and who asked for it."""
 
     pod_local: Addr | None = None  # the pod-side socket's address, for getsockname
+    # Set by opened_by (syscalls/net.py) before the stream can join the program's socket.
+    target = ""
+    via = ""
+    pid = 0
+    comm = ""
+    opened = 0.0  # time.time() when it joined the program's socket
+    _since = 0.0  # the same, monotonic: how long it lasted
+
+    def __init__(self, channel: Channel, relays: TcpRelays) -> None:
+        super().__init__(channel)
+        self._relays = relays
+
+    def opened_by(self, pid: int, comm: str, target: str, via: str) -> None:
+        """Who connected, and the target and via its connect event showed."""
+        self.pid, self.comm, self.target, self.via = pid, comm, target, via
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.pid and not self._done and self._reset is None:
+            self.opened = time.time()
+            self._since = time.monotonic()
+            self._relays._stream_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._relays._stream_ended(self, self.end_error)
+
+    def stats(self) -> StreamStats:
+        # Plain int reads: safe from another thread, at most a chunk behind.
+        return StreamStats(self.target, self.via, self.pid, self.comm, self.opened,
+                           self.from_socket, self.to_socket)
 
 
 class TcpRelays:
@@ -40,6 +97,7 @@ class TcpRelays:
 
     loop: asyncio.AbstractEventLoop
     channel: Channel | None
+    bus: EventBus
 
     def _init_tcp_relays(self) -> None:
         self.tcp_expected: dict[Addr, tuple[RelayBridge, Addr]] = {}
@@ -48,10 +106,47 @@ class TcpRelays:
         self.tcp_listeners: dict[int, tuple[socket.socket, Addr]] = {}
         self.tcp_inflight: dict[int, tuple[concurrent.futures.Future[Any], Addr]] = {}
         self.tcp_pending: set[Addr] = set()  # listeners standing for connects in progress
+        # Streams joined to a program socket, by stream id. Changed on the loop thread
+        # (once per stream, never per chunk) and read from others, under the lock.
+        self._tcp_open: dict[int, RelayBridge] = {}
+        self._tcp_open_lock = threading.Lock()
 
     def _close_tcp_relays(self) -> None:
         for sock, _ in self.tcp_listeners.values():
             self.loop.remove_reader(sock.fileno())
+
+    def open_streams(self) -> list[StreamStats]:
+        """The relayed TCP streams open now, oldest first (from any thread)."""
+        with self._tcp_open_lock:
+            bridges = list(self._tcp_open.values())
+        return [b.stats() for b in bridges]
+
+    def _stream_opened(self, bridge: RelayBridge) -> None:
+        with self._tcp_open_lock:
+            self._tcp_open[bridge.sid] = bridge
+
+    def _stream_ended(self, bridge: RelayBridge, error: str | None) -> None:
+        """One "close" event per stream: its connect event's target and via, how long it
+        was open (latency_us) and the bytes each way (detail)."""
+        with self._tcp_open_lock:
+            if self._tcp_open.get(bridge.sid) is not bridge:
+                return  # never joined a program socket, or already reported
+            del self._tcp_open[bridge.sid]
+        self.bus.emit(Event(
+            time.time(), bridge.pid, bridge.comm, "close", "connect", bridge.target,
+            bridge.via, "0" if error is None else "-" + error,
+            int((time.monotonic() - bridge._since) * 1e6),
+            {"sent": bridge.from_socket, "received": bridge.to_socket},
+        ))
+
+    def _end_tcp_streams(self) -> None:
+        """Report the streams still open as the session ends (before its goodbye resets
+        them): one whose program already closed its end (every program has exited by
+        now) ended cleanly; the pod's side just had no time to answer the EOF."""
+        with self._tcp_open_lock:
+            bridges = list(self._tcp_open.values())
+        for bridge in bridges:
+            self._stream_ended(bridge, None if bridge.socket_eof else "ECONNRESET")
 
     def _open_tcp_listeners(self) -> None:
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
@@ -88,7 +183,7 @@ class TcpRelays:
     async def _open_tcp(self, host: str, port: int) -> RelayBridge | p.ErrorReply:
         if self.channel is None or not self.channel.is_open:
             return p.ErrorReply(errno="ECONNREFUSED", message="the agent is gone")
-        bridge = RelayBridge(self.channel)
+        bridge = RelayBridge(self.channel, self)
         try:
             reply = await self.channel.request(p.Connect(host=host, port=port), endpoint=bridge)
         except ChannelClosed:

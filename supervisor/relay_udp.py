@@ -67,7 +67,7 @@ class UdpRelays:
         self.udp_relays: dict[tuple[Addr, int], UdpRelay] = {}
         self.udp_remote: dict[Addr, Addr] = {}  # relay addr -> remote
         self.udp_sources: dict[Addr, UdpSource] = {}
-        self._dns_pending: dict[tuple[Addr, int], tuple[float, UdpSource, str]] = {}
+        self._dns_pending: dict[tuple[Addr, int], tuple[float, UdpSource, str, int]] = {}
 
     def _close_udp_relays(self) -> None:
         for relay in self.udp_relays.values():
@@ -173,7 +173,7 @@ class UdpRelays:
         except ValueError:
             return
         key = (remote, msg.id)
-        self._dns_pending[key] = (time.monotonic(), source, desc)
+        self._dns_pending[key] = (time.monotonic(), source, desc, len(data))
         if len(self._dns_pending) > 4096:
             self._dns_pending.pop(next(iter(self._dns_pending)))
 
@@ -186,8 +186,9 @@ class UdpRelays:
         pending = self._dns_pending.pop((remote, msg.id), None)
         if pending is None:
             return
-        started, source, query = pending
+        started, source, query, sent = pending
         result = "0" if msg.rcode == 0 else "-" + dnswire.rcode_name(msg.rcode)
         self.bus.emit(Event(time.time(), source.pid, source.comm, "sendto", "dns", query,
                             f"agent {remote[0]}:{remote[1]}", result,
-                            int((time.monotonic() - started) * 1e6), {"answer": desc}))
+                            int((time.monotonic() - started) * 1e6),
+                            {"answer": desc, "sent": sent, "received": len(data)}))

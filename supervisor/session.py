@@ -11,6 +11,10 @@ mixed into Session so handlers see one object.
 Resolver files: the pod's resolv.conf, hosts, hostname and a `hosts: files dns`
 nsswitch.conf are held in memfds and opened by the program as
 /proc/<supervisor>/fd/N, so nothing is written to disk and nothing outlives us.
+
+For the live dashboard (which only reads): `watch_agent` reports the agent's
+round-trip time now and then, `open_streams` lists the relayed TCP streams with
+their byte counts, and every stream's end is a "close" event on the bus.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from supervisor.errors import AgentStartError
 from supervisor.events import Event, EventBus
 from supervisor.fs_policy import FsPolicy
 from supervisor.policy import NetworkPolicy, parse_resolv_conf
-from supervisor.relay_tcp import TcpRelays
+from supervisor.relay_tcp import StreamStats, TcpRelays
 from supervisor.relay_udp import UdpRelays
 from supervisor.remote_files import RemoteFiles
 from supervisor.transport import AgentLink
@@ -41,6 +45,9 @@ HANDSHAKE_TIMEOUT = 60.0
 WRITE_BACK_TIMEOUT = 120.0
 RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
 Addr = tuple[str, int]
+AgentWatcher = Callable[[str, float | None], None]
+
+__all__ = ["AgentWatcher", "Session", "StreamStats"]
 
 
 class Session(TcpRelays, UdpRelays):
@@ -73,6 +80,7 @@ class Session(TcpRelays, UdpRelays):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._woken: deque[tuple[int, concurrent.futures.Future[Any]]] = deque()
         self._sources: dict[str, concurrent.futures.Future[Any]] = {}
+        self._watches: set[_AgentWatch] = set()
         self._init_tcp_relays()
         self._init_udp_relays()
         self.started = time.time()
@@ -151,6 +159,10 @@ class Session(TcpRelays, UdpRelays):
             self.loop.close()  # last: the file cache's close still talks to it
 
     async def _close(self) -> None:
+        for watch in list(self._watches):
+            watch.cancel()  # our own goodbye is no lost agent
+        await asyncio.sleep(0)  # a last look at the sockets: the programs' FINs are in
+        self._end_tcp_streams()
         if self.channel is not None:
             self.channel.goodbye()
         await self.link.aclose()
@@ -184,6 +196,26 @@ class Session(TcpRelays, UdpRelays):
         while self._woken:
             out.append(self._woken.popleft())
         return out
+
+    # --- for the dashboard -----------------------------------------------------------
+
+    def watch_agent(self, callback: AgentWatcher, every: float = 2.0) -> Callable[[], None]:
+        """Call callback(status, rtt_ms) every `every` seconds until the returned function
+        is called (from any thread), or the session closes.
+
+        status is "connected", with rtt_ms the round trip of one Ping just answered
+        (None when the last one is still unanswered), or once, at the end,
+        "lost: <reason>" (rtt_ms None) when the channel to the agent closes. One Ping
+        is in flight at most, and none while nobody watches. An agent too old to know
+        Ping is timed with Uname, which every agent serves. callback runs in the
+        session's thread: it must be quick (hand the values over, do not render).
+        """
+        watch = _AgentWatch(self, callback, every)
+        try:
+            self.loop.call_soon_threadsafe(watch.start)
+        except RuntimeError:  # the session is over, its loop closed
+            callback(f"lost: {self.lost or 'the session ended'}", None)
+        return watch.stop
 
     # --- events -------------------------------------------------------------------------
 
@@ -266,6 +298,85 @@ class Session(TcpRelays, UdpRelays):
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run fn in the session thread after delay seconds (from any thread)."""
         self.loop.call_soon_threadsafe(self.loop.call_later, delay, fn)
+
+
+class _AgentWatch:
+    """One watch_agent caller: a timer on the session's loop and at most one probe.
+
+    Everything but stop() runs in the session's thread."""
+
+    def __init__(self, session: Session, callback: AgentWatcher, every: float) -> None:
+        self.session = session
+        self.callback = callback
+        self.every = every
+        self._timer: asyncio.TimerHandle | None = None
+        self._probe: asyncio.Future[p.Message] | None = None
+        self._sent = 0.0
+        self._channel: Channel | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        if self._stopped:
+            return
+        self.session._watches.add(self)
+        self._tick()
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        self._timer = self.session.loop.call_later(self.every, self._tick)
+        channel = self.session.channel
+        hello = self.session.agent_hello
+        if channel is None or hello is None:
+            return  # not started yet: nothing to time
+        if channel is not self._channel:
+            self._channel = channel
+            channel.closed.add_done_callback(self._closed)
+        if not channel.is_open:
+            return  # _closed reports it
+        if self._probe is not None:
+            self.callback("connected", None)  # the last one is still unanswered
+            return
+        # An agent from before Ping would end the session on it: time Uname instead.
+        probe = p.Ping() if "ping" in hello.features else p.Uname()
+        self._sent = time.monotonic()
+        self._probe = channel.request_soon(probe)
+        self._probe.add_done_callback(self._answered)
+
+    def _answered(self, fut: asyncio.Future[p.Message]) -> None:
+        self._probe = None
+        if self._stopped or fut.cancelled() or fut.exception() is not None:
+            return  # ChannelClosed: _closed reports it
+        # Any answer, an ErrorReply too, is a round trip.
+        self.callback("connected", (time.monotonic() - self._sent) * 1000.0)
+
+    def _closed(self, fut: asyncio.Future[str | None]) -> None:
+        if self._stopped:
+            return
+        self.cancel()
+        reason = self.session.lost or fut.result() or "the agent closed the channel"
+        self.callback(f"lost: {reason}", None)
+
+    def cancel(self) -> None:
+        """Stop, in the session's thread."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._channel is not None:
+            self._channel.closed.remove_done_callback(self._closed)
+        self.session._watches.discard(self)
+
+    def stop(self) -> None:
+        """Stop, from any thread; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self.session.loop.call_soon_threadsafe(self.cancel)
+        except RuntimeError:
+            pass  # the loop is closed: the session's close stopped us already
 
 
 def _nsswitch_with_files_dns() -> bytes:

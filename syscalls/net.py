@@ -46,6 +46,7 @@ _TCP_CLOSE = 7  # tcpi_state of a socket that is neither connecting nor connecte
 # long enough that a fast answer (a refused port) keeps its exact errno, short
 # enough that an event loop never stalls noticeably.
 NONBLOCKING_GRACE = 0.05
+VIA_AGENT = "agent"  # the via of every diverted connect event
 
 Addr = tuple[str, int]
 
@@ -111,6 +112,23 @@ def _connect_event(session: Session, call: Call, target: SockAddr, via: str, res
     session.emit(call, "connect", str(target), via, result, detail={"rule": reason})
 
 
+def _label_stream(fut: Any, call: Call, target: SockAddr) -> None:
+    """Tell the pod-side stream, once it exists, who connected and how the connect event
+    shows it: its "close" event and the session's list of open streams say the same.
+
+    A done callback added before anyone else waits on fut, so it runs (in the session's
+    thread) before the stream can join the program's socket."""
+    pid, comm, text = call.tgid, call.comm, str(target)
+
+    def label(f: Any) -> None:
+        if not f.cancelled() and f.exception() is None:
+            bridge = f.result()
+            if not isinstance(bridge, p.ErrorReply):
+                bridge.opened_by(pid, comm, text, VIA_AGENT)
+
+    fut.add_done_callback(label)
+
+
 # --- connect ---------------------------------------------------------------------------
 
 
@@ -160,6 +178,7 @@ def _connect_tcp(call: Call, session: Session, sock: socket.socket, addr: SockAd
     inflight = session.tcp_inflight.get(key)
     if inflight is None or inflight[1] != target:
         fut = session.open_tcp(remote.host, remote.port)
+        _label_stream(fut, call, addr)
         inflight = (fut, target)
         session.tcp_inflight[key] = inflight
         # ...and one never retried must not hold its pod-side stream forever.
@@ -178,7 +197,7 @@ def _connect_tcp(call: Call, session: Session, sock: socket.socket, addr: SockAd
         session.tcp_inflight.pop(key, None)
         if isinstance(reply, BaseException | p.ErrorReply):
             err = _errno_of(reply)
-            _connect_event(session, c, addr, "agent", -err, reason)
+            _connect_event(session, c, addr, VIA_AGENT, -err, reason)
             return Return(-err)
         again = _open_dup(c, fd)
         if again is None:
@@ -212,7 +231,7 @@ def _connect_pending(call: Call, session: Session, fd: int, addr: SockAddr, fut:
     except OSError as exc:
         sock.close()
         return Return(-(exc.errno or errno.EIO))
-    _connect_event(session, call, addr, "agent", -errno.EINPROGRESS, reason)
+    _connect_event(session, call, addr, VIA_AGENT, -errno.EINPROGRESS, reason)
     return Return(-errno.EINPROGRESS)
 
 
@@ -232,7 +251,7 @@ def _attach_relay(call: Call, session: Session, sock: socket.socket, addr: SockA
     where = session.relay_address(sock.family, v6only)
     if where is None:
         session.abandon_tcp(bridge)
-        _connect_event(session, call, addr, "agent", -errno.ENETUNREACH, reason)
+        _connect_event(session, call, addr, VIA_AGENT, -errno.ENETUNREACH, reason)
         return Return(-errno.ENETUNREACH)
     _, relay = where
     try:
@@ -243,10 +262,10 @@ def _attach_relay(call: Call, session: Session, sock: socket.socket, addr: SockA
     except OSError as exc:
         session.abandon_tcp(bridge)
         err = exc.errno or errno.EIO
-        _connect_event(session, call, addr, "agent", -err, reason)
+        _connect_event(session, call, addr, VIA_AGENT, -err, reason)
         return Return(-err)
     nonblocking = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
-    _connect_event(session, call, addr, "agent", 0, reason)
+    _connect_event(session, call, addr, VIA_AGENT, 0, reason)
     # A non-blocking socket sees what a real network gives it: EINPROGRESS, then
     # writable with SO_ERROR 0. The connection is in fact complete already.
     return Return(-errno.EINPROGRESS if nonblocking else 0)
@@ -278,7 +297,7 @@ def _connect_udp(call: Call, session: Session, sock: socket.socket, addr: SockAd
             sock.connect(relay)
         except OSError as exc:
             return Return(-(exc.errno or errno.EIO))
-    session.emit(call, "udp", str(addr), "agent", 0, detail={"rule": reason})
+    session.emit(call, "udp", str(addr), VIA_AGENT, 0, detail={"rule": reason})
     return Return(0)
 
 

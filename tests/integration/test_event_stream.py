@@ -8,6 +8,8 @@ them (``target``), say where they went (``via``) and how they ended (``result``)
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,9 @@ def test_every_event_has_the_contract_keys(traced: dict[str, Any]) -> None:
 
 
 def test_connect_event(traced: dict[str, Any]) -> None:
-    events = _find(traced["file"], kind="connect", target=f"{WEB_IP}:{WEB_PORT}")
+    # syscall too: a stream's end is a "close" event of kind connect with the same target.
+    events = _find(traced["file"], syscall="connect", kind="connect",
+                   target=f"{WEB_IP}:{WEB_PORT}")
     assert events, traced["file"]  # the curl by address (the one by name may use IPv6)
     ok = [e for e in events if e["result"] == "0"]
     assert ok, events
@@ -84,6 +88,9 @@ def test_dns_event(traced: dict[str, Any]) -> None:
     assert event["result"] == "0"
     assert DNS_IP in event["via"] and "agent" in event["via"]
     assert event["comm"] == "curl"
+    # The bytes of the query (a 12-byte header and the question) and of the answer.
+    assert event["detail"]["sent"] > 12 + len(WEB_FQDN), event
+    assert event["detail"]["received"] > event["detail"]["sent"], event  # + the answer
     # The query socket itself: a UDP connect to the pod's nameserver, through the agent.
     udp = _find(traced["file"], kind="udp", target=f"{DNS_IP}:53")
     assert udp and all("agent" in e["via"] and e["result"] == "0" for e in udp), udp
@@ -153,3 +160,54 @@ def test_events_file_is_written_when_command_fails(cluster: Cluster, tmp_path: P
     assert res.returncode == 7
     refused = [e for e in _lines(events) if e["result"] == "-ECONNREFUSED"]
     assert refused and refused[0]["kind"] == "connect", _lines(events)
+
+
+def test_every_relayed_stream_ends_in_a_close_event(traced: dict[str, Any]) -> None:
+    """One per connect that reached the pod, from the same process, with the same target
+    and via (a non-blocking connect the pod was slow to answer shows -EINPROGRESS)."""
+
+    def who(e: dict[str, Any]) -> tuple[int, str, str, str]:
+        return e["pid"], e["comm"], e["target"], e["via"]
+
+    connects = _find(traced["file"], syscall="connect", kind="connect")
+    done = [who(e) for e in connects if e["result"] == "0" and "agent" in e["via"]]
+    maybe = [who(e) for e in connects if e["result"] == "-EINPROGRESS"]
+    closed = _find(traced["file"], syscall="close", kind="connect")
+    ended = [who(e) for e in closed]
+    assert done and len(ended) == len(set(ended)), traced["file"]
+    assert set(done) <= set(ended) <= set(done + maybe), traced["file"]
+    for event in closed:
+        assert event["result"] == "0", event  # the server closed, then curl did
+        assert event["detail"]["received"] >= len("hello from web\n"), event
+
+
+BODY = 3_000_000  # bytes: more than the flow-control window, so the count spans grants
+FETCH = textwrap.dedent(f"""
+    import socket
+    request = b"GET /bytes/{BODY} HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n"
+    with socket.create_connection(("{WEB_IP}", {WEB_PORT})) as s:
+        s.sendall(request)
+        received = 0
+        while chunk := s.recv(1 << 16):
+            received += len(chunk)
+    print(len(request), received)
+""")
+
+
+def test_close_event_counts_the_bytes_of_a_fetch(cluster: Cluster, tmp_path: Path) -> None:
+    """A known request and a known-size body: the close event's detail counts both
+    exactly, so a replay of the events file has the totals."""
+    events = tmp_path / "events.jsonl"
+    res = cluster.run([sys.executable, "-I", "-c", FETCH], mt_args=["--events", str(events)])
+    assert res.returncode == 0, res.stderr
+    request_size, response_size = map(int, res.stdout.split())
+    assert response_size > BODY  # the body and the status line and headers
+    target = f"{WEB_IP}:{WEB_PORT}"
+    [connect] = _find(_lines(events), syscall="connect", target=target)
+    [close] = _find(_lines(events), syscall="close", target=target)
+    assert connect["result"] == "0", connect
+    assert (close["kind"], close["via"], close["pid"], close["comm"], close["result"]) == (
+        "connect", connect["via"], connect["pid"], connect["comm"], "0")
+    assert close["detail"] == {"sent": request_size, "received": response_size}, close
+    assert close["ts"] >= connect["ts"]
+    assert 0 < close["latency_us"] < 60e6
