@@ -41,14 +41,14 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from supervisor.events import Event, format_latency
+from supervisor.events import Event, StreamStats, format_latency
 
 __all__ = [
     "DashState",
     "KindCounts",
     "LiveView",
     "SessionInfo",
-    "StreamInfo",
+    "StreamStats",
     "format_bytes",
     "plain_summary",
     "render_live",
@@ -76,19 +76,6 @@ class SessionInfo:
     target: str
     modes: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
-
-
-@dataclass
-class StreamInfo:
-    """One open relayed stream, as the relay last counted it."""
-
-    target: str
-    via: str
-    pid: int
-    comm: str
-    opened: float
-    sent: int = 0  # bytes the app sent
-    received: int = 0  # bytes the app received
 
 
 @dataclass(slots=True)
@@ -196,7 +183,7 @@ class DashState:
         self._failures: OrderedDict[tuple[str, ...], Row] = OrderedDict()
         self._targets: dict[tuple[str, str, str], Aggregate] = {}
         self._untracked: dict[str, int] = {}
-        self._streams: dict[tuple[int, str, str], list[StreamInfo]] = {}
+        self._streams: dict[tuple[int, str, str], list[StreamStats]] = {}
         self.events = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
@@ -258,9 +245,9 @@ class DashState:
             self.agent_status = status
             self.agent_rtt_ms = rtt_ms
 
-    def set_streams(self, streams: list[StreamInfo]) -> None:
+    def set_streams(self, streams: list[StreamStats]) -> None:
         """Replace the open streams with the relay's latest snapshot."""
-        by_owner: dict[tuple[int, str, str], list[StreamInfo]] = {}
+        by_owner: dict[tuple[int, str, str], list[StreamStats]] = {}
         for stream in streams:
             by_owner.setdefault((stream.pid, stream.target, stream.via), []).append(stream)
         with self._lock:
@@ -343,7 +330,7 @@ class DashState:
         with self._lock:
             return dict(self._untracked)
 
-    def streams(self) -> list[StreamInfo]:
+    def streams(self) -> list[StreamStats]:
         with self._lock:
             return [copy(s) for owned in self._streams.values() for s in owned]
 
@@ -571,7 +558,7 @@ class _Snapshot:
     counts: dict[str, KindCounts]
     rows: list[Row]
     failures: list[Row]
-    streams: list[StreamInfo]  # the busiest few
+    streams: list[StreamStats]  # the busiest few
     stream_count: int
     stream_sent: int  # by all open streams so far
     stream_received: int

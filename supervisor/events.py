@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["Event", "EventBus", "format_plain", "make_bus", "notice_text"]
+__all__ = ["Event", "EventBus", "StreamStats", "format_plain", "make_bus", "notice_text"]
 
 # The keys of an event's JSON object, in order (CONTRACT.md, --events).
 EVENT_KEYS = ("ts", "pid", "comm", "syscall", "kind", "target", "via", "result", "latency_us")
@@ -70,6 +70,25 @@ class Event:
     def to_json(self) -> str:
         """One JSON object, no newline; ``detail`` only when set."""
         return json.dumps(self.to_dict(), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """One relayed TCP stream as the relay counted it (`Session.open_streams`).
+
+    target and via are the text of the stream's connect event; pid and comm the
+    process that connected; opened is when the stream joined its socket
+    (time.time()); sent and received count the bytes the program wrote to the pod
+    and the bytes the pod's end delivered to the program, so far.
+    """
+
+    target: str
+    via: str
+    pid: int
+    comm: str
+    opened: float
+    sent: int
+    received: int
 
 
 def format_latency(us: int) -> str:

@@ -30,29 +30,10 @@ from typing import Any
 
 from agent_image import protocol as p
 from agent_image.mux import Channel, ChannelClosed, TcpBridge
-from supervisor.events import Event, EventBus
+from supervisor.events import Event, EventBus, StreamStats
 from syscalls.net import ensure_bound, unmap
 
 Addr = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStats:
-    """One relayed TCP stream as `TcpRelays.open_streams` saw it.
-
-    target and via are the text of the stream's connect event; pid and comm the
-    process that connected; opened is when the stream joined its socket
-    (time.time()); sent and received count the bytes the program wrote to the pod
-    and the bytes the pod's end delivered to the program, so far.
-    """
-
-    target: str
-    via: str
-    pid: int
-    comm: str
-    opened: float
-    sent: int
-    received: int
 
 
 class RelayBridge(TcpBridge):

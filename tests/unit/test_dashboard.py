@@ -18,13 +18,12 @@ from supervisor.dashboard import (
     DashState,
     LiveView,
     SessionInfo,
-    StreamInfo,
     plain_summary,
     render_live,
     render_summary,
     shorten,
 )
-from supervisor.events import Event
+from supervisor.events import Event, StreamStats
 
 T0 = 1000.0
 MODES = {"dns": "on", "outgoing": "remote", "fs": "read", "env": "merge", "incoming": "off"}
@@ -339,7 +338,7 @@ def test_a_long_path_in_the_table_is_cut_at_its_start() -> None:
 def test_no_line_is_wider_than_the_terminal(width: int) -> None:
     events = MIXED + [ev(target="x" * 200, via="agent " + "y" * 80, comm="averylongcommand")]
     state = state_with(events)
-    state.set_streams([StreamInfo("z" * 120, "agent", 7, "curl", T0, 10, 20)])
+    state.set_streams([StreamStats("z" * 120, "agent", 7, "curl", T0, 10, 20)])
     state.set_agent("connected", 1.0)
     for view in (render_live(state, now=T0, rows=12), render_summary(state, now=T0)):
         assert all(cell_len(line) <= width for line, _ in lines(view, width))
@@ -356,8 +355,8 @@ def test_brackets_are_shown_not_read_as_markup() -> None:
 
 def test_open_streams_show_live_bytes_and_count_in_the_live_totals_only() -> None:
     state = state_with([ev()])
-    state.set_streams([StreamInfo("web:8080", "agent", 1234, "curl", T0, 2048, 3 << 20),
-                       StreamInfo("db:5432", "agent", 1234, "curl", T0 + 50, 10, 20)])
+    state.set_streams([StreamStats("web:8080", "agent", 1234, "curl", T0, 2048, 3 << 20),
+                       StreamStats("db:5432", "agent", 1234, "curl", T0 + 50, 10, 20)])
     view = render_live(state, now=T0 + 61)
     assert "open streams (2)" in text(view)
     line = line_with(view, "web:8080", "1m 01s")[0]
@@ -368,8 +367,8 @@ def test_open_streams_show_live_bytes_and_count_in_the_live_totals_only() -> Non
 
 def test_a_stream_that_ended_leaves_the_open_list_at_once() -> None:
     state = state_with([])
-    state.set_streams([StreamInfo("web:8080", "agent", 1234, "curl", T0, 5, 5),
-                       StreamInfo("web:8080", "agent", 99, "other", T0, 5, 5)])
+    state.set_streams([StreamStats("web:8080", "agent", 1234, "curl", T0, 5, 5),
+                       StreamStats("web:8080", "agent", 99, "other", T0, 5, 5)])
     state.add(ev(syscall="close", detail={"sent": 5, "received": 5}))
     assert [s.pid for s in state.streams()] == [99]
     assert "open streams (1)" in text(render_live(state, now=T0))
@@ -377,7 +376,7 @@ def test_a_stream_that_ended_leaves_the_open_list_at_once() -> None:
 
 def test_many_open_streams_show_the_busiest_and_how_many_more() -> None:
     state = state_with([])
-    state.set_streams([StreamInfo(f"h{i}:80", "agent", i, "c", T0, i, 0) for i in range(50)])
+    state.set_streams([StreamStats(f"h{i}:80", "agent", i, "c", T0, i, 0) for i in range(50)])
     shown = text(render_live(state, now=T0))
     assert "open streams (50)" in shown and "…and 46 more" in shown
     assert "h49:80" in shown and "h0:80" not in shown
