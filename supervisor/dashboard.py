@@ -25,7 +25,7 @@ import io
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from copy import copy
 from dataclasses import dataclass, field
 from itertools import islice
@@ -847,8 +847,9 @@ class LiveView:
         self.console = console
         self.flush_after = flush_after
         self.max_buffer = max_buffer
+        self._on_refresh: Callable[[], None] | None = None
         # stdout stays the app's; our own stderr lines go above the view.
-        self._live = Live(console=console, get_renderable=lambda: render_live(state),
+        self._live = Live(console=console, get_renderable=self._frame,
                           refresh_per_second=refresh_per_second, transient=True,
                           redirect_stdout=False, redirect_stderr=True)
         self._lock = threading.Lock()
@@ -860,8 +861,22 @@ class LiveView:
         self._timer: threading.Timer | None = None
         self._stopped = False
 
+    def set_on_refresh(self, callback: Callable[[], None] | None) -> None:
+        """Call callback before each frame (e.g. to read the open streams' byte counts
+        once a frame, not once a chunk)."""
+        self._on_refresh = callback
+
+    @property
+    def started(self) -> bool:
+        return self._live.is_started
+
     def start(self) -> None:
         self._live.start()
+
+    def _frame(self) -> RenderableType:
+        if self._on_refresh is not None:
+            self._on_refresh()
+        return render_live(self.state)
 
     def app_output(self, data: bytes) -> None:
         """Queue the app's output for the lines above the view (thread-safe)."""

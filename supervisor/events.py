@@ -153,6 +153,7 @@ class EventBus:
         self._file = events_file
         self._lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
+        self._notices: Callable[[str], None] | None = None
         self._closed = False
 
     def emit(self, event: Event) -> None:
@@ -179,13 +180,24 @@ class EventBus:
             callback(event)
 
     def notice(self, text: str) -> None:
-        """Show one human line on stderr (a JSON notice object with --ui json)."""
-        if self.stream is None or self._closed:
+        """Show one human line on stderr (a JSON notice object with --ui json), or hand
+        it to whoever took the notices over (the live dashboard draws them itself)."""
+        if self._closed:
+            return
+        if self._notices is not None:
+            self._notices(text)
+            return
+        if self.stream is None:
             return
         line = notice_text("json" if self.fmt == "json" else "plain", text) + "\n"
         with self._lock:
             self.stream.write(line)
             self.stream.flush()
+
+    def take_notices(self, callback: Callable[[str], None]) -> None:
+        """From now on notices go to callback(text), not to the stream: a live view owns
+        the terminal, and a line written past it would tear the view."""
+        self._notices = callback
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call callback(event) on every emit, on the emitting thread.
@@ -226,12 +238,12 @@ class EventBus:
 def make_bus(ui: str, events_file: Path | None, stream: TextIO | None = None) -> EventBus:
     """The bus for ``--ui ui`` and ``--events events_file``.
 
-    ``live`` shows the plain lines until the dashboard lands: it will
-    subscribe to the bus and take over stderr, and this is where it hooks in.
+    ``live`` writes no lines: the dashboard (supervisor/display.py) subscribes
+    to the bus and takes its notices over.
     """
     if stream is None:
         stream = sys.stderr
-    fmt = {"live": "plain", "plain": "plain", "json": "json", "none": None}.get(ui, "")
+    fmt = {"live": None, "plain": "plain", "json": "json", "none": None}.get(ui, "")
     if fmt == "":
         raise ValueError(f"unknown ui {ui!r}")
     file = None

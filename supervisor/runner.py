@@ -19,9 +19,11 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from supervisor import kernel as k
+from supervisor.display import Display
 from supervisor.environment import describe_env, encode_environ, parse_environ, resolve_env
 from supervisor.errors import CommandNotFoundError, MirrortraceError
 from supervisor.events import make_bus
@@ -91,14 +93,16 @@ def resolve_command(argv: list[str], env: dict[str, str]) -> str:
 class Child:
     """COMMAND's process before it runs: forked, seized, waiting for go."""
 
-    def __init__(self, program: str, argv: list[str], bpf: bytes) -> None:
+    def __init__(self, program: str, argv: list[str], bpf: bytes,
+                 setup: Callable[[], None] | None = None) -> None:
+        """`setup` runs first thing in the child (e.g. taking a pty as its terminal)."""
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
         self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(self._go_w)  # or closing ours would never reach it as EOF
             os.close(self._err_r)
-            _child(go_r, err_w, program, argv, bpf)
+            _child(go_r, err_w, program, argv, bpf, setup)
         os.close(go_r)
         os.close(err_w)
         self.pid = pid
@@ -137,9 +141,11 @@ class Child:
             pass
 
 
-def _child(go_r: int, err_w: int, program: str, argv: list[str], bpf: bytes
-           ) -> None:  # pragma: no cover - runs in the child
+def _child(go_r: int, err_w: int, program: str, argv: list[str], bpf: bytes,
+           setup: Callable[[], None] | None) -> None:  # pragma: no cover - runs in the child
     try:
+        if setup is not None:
+            setup()
         chunks = []
         while chunk := os.read(go_r, 1 << 16):
             chunks.append(chunk)
@@ -170,6 +176,7 @@ def run(options: RunOptions, link: AgentLink) -> int:
     it is ended here whatever happens.
     """
     bus = make_bus(options.ui, options.events_file)
+    display = Display(options, bus)
     session = Session(
         link,
         bus,
@@ -192,7 +199,7 @@ def run(options: RunOptions, link: AgentLink) -> int:
         bpf, pod_bpf, handlers = build_program()
         sys.stdout.flush()
         sys.stderr.flush()
-        child = Child(program, options.command, bpf)
+        child = Child(program, options.command, bpf, display.child_setup)
         try:
             session.start()
         except BaseException:
@@ -204,7 +211,7 @@ def run(options: RunOptions, link: AgentLink) -> int:
         if link.pid is not None:
             tracer.foreign[link.pid] = lambda status: None
         tracer.install_sigchld()
-        _take_signals(child.pid, tracer)
+        _take_signals(child.pid, tracer, display)
         command_env, from_pod = resolve_env(
             options.env, env, session.pod_env, options.env_exclude,
             include=options.env_include, override=options.env_override,
@@ -212,21 +219,25 @@ def run(options: RunOptions, link: AgentLink) -> int:
         if options.ui in ("plain", "live"):
             described = describe_env(command_env, from_pod, session.pod_env is not None)
             bus.notice("mirrortrace: " + described)
+        display.start(session)
         child.go(command_env)
         # The child's execve is itself a trapped call, so the tracer must be running
         # for it to happen: whether it failed is read once everything has ended.
         status = tracer.run()
         err = child.exec_error()
         if err is not None:
+            display.close()  # the error is the last word, not a summary of nothing
             raise CommandNotFoundError(
                 f"{options.command[0]}: cannot execute: {os.strerror(err)}",
                 "check that COMMAND is an executable for this machine",
             )
+        display.finish(exit_code(status))
         return exit_code(status)
     finally:
         if tracer is not None:
             tracer.kill_all()
             tracer.close()
+        display.close()
         _restore_signals()
         session.close()
         bus.close()
@@ -252,15 +263,21 @@ def _fs_policy(options: RunOptions) -> FsPolicy:
     )
 
 
-def _take_signals(pid: int, tracer: Tracer) -> None:
-    """Signals for us go to COMMAND; terminal signals reach it by themselves.
+def _take_signals(pid: int, tracer: Tracer, display: Display) -> None:
+    """Signals for us go to COMMAND; terminal signals reach it by themselves, or, when
+    it runs on a pty of ours (--ui live), through that pty.
 
     Ctrl-Z is special: we must let COMMAND stop first (its stop passes through
     our tracer) and only then stop ourselves, or COMMAND would stop only when
     we come back and the shell's `fg` would leave it stopped.
     """
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        display.interrupt(signum)
+
+    on_terminal_key = interrupt if display.terminal is not None else signal.SIG_IGN
     for sig in _IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, on_terminal_key)
 
     def forward(signum: int, _frame: Any) -> None:
         try:
@@ -272,11 +289,16 @@ def _take_signals(pid: int, tracer: Tracer) -> None:
         signal.signal(sig, forward)
 
     def suspend(_signum: int, _frame: Any) -> None:
+        display.suspend()
         tracer.request_self_stop()
 
+    def resume(_signum: int, _frame: Any) -> None:
+        display.resume()
+
     signal.signal(signal.SIGTSTP, suspend)
+    signal.signal(signal.SIGCONT, resume)
 
 
 def _restore_signals() -> None:
-    for sig in (*_IGNORED, *_FORWARDED, signal.SIGTSTP):
+    for sig in (*_IGNORED, *_FORWARDED, signal.SIGTSTP, signal.SIGCONT):
         signal.signal(sig, signal.SIG_DFL)

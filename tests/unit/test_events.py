@@ -121,11 +121,17 @@ def test_ui_none_shows_no_events() -> None:
     bus.close()
 
 
-def test_live_shows_plain_lines_until_the_dashboard_lands() -> None:
+def test_live_writes_no_event_lines_and_hands_notices_over() -> None:
     stream = io.StringIO()
     bus = make_bus("live", None, stream=stream)
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
     bus.emit(event())
-    assert "curl[1234]" in stream.getvalue()
+    assert stream.getvalue() == "" and len(seen) == 1  # the dashboard draws it
+    taken: list[str] = []
+    bus.take_notices(taken.append)
+    bus.notice("mirrortrace: the agent is gone")
+    assert taken == ["mirrortrace: the agent is gone"] and stream.getvalue() == ""
     bus.close()
 
 

@@ -1,0 +1,177 @@
+"""The live dashboard in a real terminal: tmux runs mirrortrace as a user would.
+
+A shell in a tmux pane (its own tmux server, so nothing of the user's is touched)
+runs ``mirrortrace run`` with no --ui: stderr is a terminal, so the live view is the
+default. The traced shell script resolves a service name, connects to it and to a
+closed port, and reads a resolver file, then waits so the test can look at the view
+while it runs. capture-pane must show the app's own lines (with their colours)
+above the view, the view's rows naming the right targets and results, and after
+exit the summary; the terminal must come back as the shell lent it (echo and
+line editing on, no alternate screen, cursor shown), also after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from cluster import CLOSED_PORT, WEB_IP, WEB_IP6, WEB_PORT, Cluster
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (apt-get install tmux)"),
+]
+
+WIDTH, HEIGHT = 150, 60
+PROMPT = "READY$ "
+# curl by name connects to whichever address the pod's DNS gave first.
+WEB_ADDR = rf"({re.escape(WEB_IP)}|\[{re.escape(WEB_IP6)}\]):{WEB_PORT}"
+
+
+@dataclass
+class Pane:
+    """One tmux pane running bash, on a tmux server of its own."""
+
+    socket: str
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], check=True,
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def type(self, line: str) -> None:
+        self.tmux("send-keys", "-t", "t", "-l", line)
+        self.tmux("send-keys", "-t", "t", "Enter")
+
+    def key(self, name: str) -> None:
+        self.tmux("send-keys", "-t", "t", name)
+
+    def screen(self, *, colours: bool = False) -> str:
+        """The whole history and the visible screen, as text (with escapes if colours)."""
+        args = ["capture-pane", "-p", "-J", "-S", "-2000", "-t", "t"]
+        return self.tmux(*args, *(["-e"] if colours else []))
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if re.search(pattern, text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} on the screen in {timeout:.0f}s:\n{text}")
+            time.sleep(0.1)
+
+    def flag(self, name: str) -> str:
+        return self.tmux("display-message", "-p", "-t", "t", f"#{{{name}}}").strip()
+
+
+@pytest.fixture
+def pane() -> Iterator[Pane]:
+    socket = f"mt-test-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "PS1": PROMPT}
+    subprocess.run(
+        ["tmux", "-L", socket, "-f", "/dev/null", "new-session", "-d", "-s", "t",
+         "-x", str(WIDTH), "-y", str(HEIGHT), "bash --norc --noprofile"],
+        check=True, env=env, timeout=10,
+    )
+    p = Pane(socket)
+    try:
+        p.tmux("set-option", "-t", "t", "history-limit", "5000")
+        p.type(f"export PS1={shlex.quote(PROMPT)}")
+        p.wait_for(re.escape(PROMPT))
+        yield p
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=10)
+
+
+def _shell_restored(pane: Pane) -> None:
+    """The terminal as bash lent it: line editing and echo on, main screen, cursor on."""
+    assert pane.flag("alternate_on") == "0"
+    assert pane.flag("cursor_flag") == "1"
+    # The marker is computed by the shell, so the echoed command line cannot match it.
+    pane.type("echo \"modes: $(stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(echo|icanon|isig)' "
+              "| tr '\\n' ' ')end-$((2+2))\"")
+    text = pane.wait_for(r"modes: .*end-4")
+    modes = re.findall(r"modes: (.*)end-4", text)[-1].split()
+    assert {"echo", "icanon", "isig"} <= set(modes), modes
+    pane.type("echo typed-$((6*7))")
+    pane.wait_for(r"typed-42")
+
+
+SCRIPT = (
+    "printf '\\033[32mgreen app line\\033[0m\\n'; "
+    f"curl -s --max-time 10 http://web:{WEB_PORT}/hello; "
+    "head -1 /etc/resolv.conf; "
+    f"curl -s --max-time 10 http://{WEB_IP}:{CLOSED_PORT}/; echo curl-exit=$?; "
+    "echo look-$((40+2)); sleep 3; echo app-$((40+2))-done"
+)
+
+
+def test_live_view_while_running_and_summary_after(cluster: Cluster, pane: Pane) -> None:
+    argv = cluster.mirrortrace_argv(["sh", "-c", SCRIPT])
+    pane.type(f"{shlex.join(argv)}; echo MT-EXIT=$?")
+    pane.wait_for(r"look-42")  # computed markers: the echoed command line cannot match
+    time.sleep(1.0)  # four frames
+    during = pane.screen()
+    # The app's lines, above the view.
+    assert "green app line" in during
+    assert "hello from web" in during
+    assert "nameserver 198.18.0.53" in during  # the pod's resolv.conf, not the laptop's
+    assert "curl-exit=7" in during
+    # The view: header, counters, and the calls with where they went and how they ended.
+    assert "mirrortrace" in during and "recent calls" in during, during
+    assert re.search(r"agent\s+connected", during), during
+    rows = [line for line in during.splitlines() if re.search(r"curl\[\d+\]\s+connect", line)]
+    assert any(re.search(rf"{WEB_ADDR}\s+agent\s+ok", r) for r in rows), rows
+    assert any(f"{WEB_IP}:{CLOSED_PORT}" in r and "ECONNREFUSED" in r for r in rows), rows
+    assert re.search(r"web\.default\.svc\.cluster\.local", during), during
+    assert "/etc/resolv.conf" in during
+    # The app's colour reached the terminal: the escape is there in front of its line.
+    assert re.search(r"\x1b\[32m\s*green app line", pane.screen(colours=True))
+
+    after = pane.wait_for(r"MT-EXIT=\d+")
+    assert "MT-EXIT=0" in after, after
+    assert "app-42-done" in after
+    # The summary stays; the live view is gone (no "recent calls" after the last app line).
+    tail = after.split("app-42-done", 1)[1]
+    assert "mirrortrace summary" in tail, after
+    assert "recent calls" not in tail, after
+    assert re.search(r"exit status\s+0", tail), tail
+    # the stream's bytes: a request went out, an answer came back
+    assert re.search(rf"connect\s+{WEB_ADDR}\s+agent\s+1\s+\d+ B\s+\d+ B", tail), tail
+    assert re.search(rf"{re.escape(WEB_IP)}:{CLOSED_PORT}.*ECONNREFUSED", tail), tail
+    _shell_restored(pane)
+
+
+def test_ctrl_c_ends_the_app_and_gives_the_terminal_back(cluster: Cluster, pane: Pane) -> None:
+    argv = cluster.mirrortrace_argv(["sh", "-c", "echo app-$((6*7))-started; sleep 60; "
+                                              "echo not-$((6*7))-reached"])
+    pane.type(f"{shlex.join(argv)}; echo MT-EXIT=$?")
+    pane.wait_for(r"app-42-started")
+    time.sleep(0.5)
+    pane.key("C-c")
+    text = pane.wait_for(r"MT-EXIT=\d+", timeout=20)
+    assert "MT-EXIT=130" in text, text  # sh died of SIGINT: 128 + 2
+    assert "not-42-reached" not in text
+    _shell_restored(pane)
+
+
+def test_keys_reach_the_app_and_it_sees_a_terminal(cluster: Cluster, pane: Pane) -> None:
+    script = ("if [ -t 0 ] && [ -t 1 ]; then echo on-a-$((1+1))-tty; fi; echo size=$(stty size); "
+              "printf 'name-%d? ' 42; read name; echo \"hello <$name>\"")
+    argv = cluster.mirrortrace_argv(["sh", "-c", script])
+    pane.type(f"{shlex.join(argv)}; echo MT-EXIT=$?")
+    pane.wait_for(r"name-42\? ")  # a prompt without its newline still shows
+    pane.type("pod person")
+    text = pane.wait_for(r"MT-EXIT=\d+")
+    assert "on-a-2-tty" in text
+    assert f"size={HEIGHT} {WIDTH}" in text, text  # the real terminal's size, passed on
+    assert "hello <pod person>" in text
+    assert "MT-EXIT=0" in text
+    _shell_restored(pane)
