@@ -17,9 +17,11 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cluster import CLOSED_PORT, WEB_IP, WEB_IP6, WEB_PORT, Cluster
@@ -113,8 +115,10 @@ SCRIPT = (
 )
 
 
-def test_live_view_while_running_and_summary_after(cluster: Cluster, pane: Pane) -> None:
-    argv = cluster.mirrortrace_argv(["sh", "-c", SCRIPT])
+def test_live_view_while_running_and_summary_after(cluster: Cluster, pane: Pane,
+                                                    tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    argv = cluster.mirrortrace_argv(["sh", "-c", SCRIPT], mt_args=["--events", str(events)])
     pane.type(f"{shlex.join(argv)}; echo MT-EXIT=$?")
     pane.wait_for(r"look-42")  # computed markers: the echoed command line cannot match
     time.sleep(1.0)  # four frames
@@ -147,6 +151,21 @@ def test_live_view_while_running_and_summary_after(cluster: Cluster, pane: Pane)
     assert re.search(rf"connect\s+{WEB_ADDR}\s+agent\s+1\s+\d+ B\s+\d+ B", tail), tail
     assert re.search(rf"{re.escape(WEB_IP)}:{CLOSED_PORT}.*ECONNREFUSED", tail), tail
     _shell_restored(pane)
+
+    # A colleague replays the events file: the same summary, number for number.
+    replay = subprocess.run([sys.executable, "-m", "supervisor.cli", "replay", str(events),
+                             "--summary", "--width", str(WIDTH)],
+                            capture_output=True, text=True, timeout=60)
+    assert replay.returncode == 0, replay.stderr
+    live_table = _summary_table(tail.split("MT-EXIT=", 1)[0])
+    assert len(live_table) > 10, tail
+    assert _summary_table(replay.stdout) == live_table
+
+
+def _summary_table(text: str) -> list[str]:
+    """The summary's rows after its first line (which says how long the run took)."""
+    lines = text[text.index("mirrortrace summary"):].splitlines()[1:]
+    return [line.rstrip() for line in lines if line.strip()]
 
 
 def test_ctrl_c_ends_the_app_and_gives_the_terminal_back(cluster: Cluster, pane: Pane) -> None:
