@@ -78,8 +78,15 @@ class Channel:
         software: str = "",
         features: tuple[str, ...] = (),
         speak_first: bool = True,
+        recv_window: int = p.INITIAL_WINDOW,
     ) -> None:
         self.role = role
+        # How many bytes of a stream the peer may have in flight towards us. Beyond the
+        # protocol's INITIAL_WINDOW the extra is granted when a stream opens
+        # (TcpBridge.widen): receiver-driven, like HTTP/2's, so it needs no protocol
+        # change and older agents obey it. A transport with a long round trip needs
+        # it: a stream moves at most one window per round trip.
+        self.recv_window = max(recv_window, p.INITIAL_WINDOW)
         # An agent reached through `kubectl attach` must not speak first: what it writes
         # before anyone attached goes to the container log, not to us.
         self._speak_first = speak_first
@@ -559,11 +566,18 @@ class TcpBridge(StreamEndpoint, asyncio.Protocol):
         if not self._write_paused:
             self._grant()
 
+    def widen(self) -> None:
+        """Grant the peer the channel's larger receive window, once the stream is open
+        at both ends (the peer's side exists once it has answered the request)."""
+        extra = self.channel.recv_window - p.INITIAL_WINDOW
+        if extra > 0 and not self._done:
+            self.channel.send(p.FrameType.WINDOW, self.sid, p.encode_window(extra))
+
     def _grant(self) -> None:
         # Credit goes back a quarter window at a time, not after every chunk: the
         # peer always keeps three quarters of a window to send with, and a WINDOW
         # frame per 256 KiB chunk was a fifth of the websocket transport's cost.
-        if self._owed >= p.INITIAL_WINDOW // 4 or (self._owed and self.transport is None):
+        if self._owed >= self.channel.recv_window // 4 or (self._owed and self.transport is None):
             self.channel.send(p.FrameType.WINDOW, self.sid, p.encode_window(self._owed))
             self._owed = 0
 

@@ -62,6 +62,10 @@ class KubeLink:
     """AgentLink to an agent injected into the cluster (see the module docstring)."""
 
     pid: int | None = None  # nothing of ours for the tracer to reap
+    # Through the API server and the kubelet a round trip is long (tens of ms to a cloud
+    # cluster), and a stream moves one window per round trip: 2 MiB at 30 ms is
+    # 70 MB/s. 8 MiB is what the transfer bench needed to stop waiting on credit.
+    stream_window: int | None = 8 << 20
 
     def __init__(self, settings: KubeSettings, notice: Callable[[str], None]) -> None:
         self.settings = settings

@@ -173,6 +173,7 @@ class TcpRelays:
             return reply
         if isinstance(reply, p.Connected):
             bridge.pod_local = (reply.local_host, reply.local_port)
+        bridge.widen()
         return bridge
 
     PENDING = object()  # what `within` gives when time ran out first

@@ -102,7 +102,8 @@ class Session(TcpRelays, UdpRelays):
             raise
 
     async def _start(self, timeout: float) -> None:
-        self.channel = Channel("supervisor", software=f"mirrortrace {__version__}")
+        self.channel = Channel("supervisor", software=f"mirrortrace {__version__}",
+                               recv_window=self.link.stream_window or p.INITIAL_WINDOW)
         await self.link.open(self.channel, self._agent_log)
         try:
             self.agent_hello = await self.channel.handshake(timeout)

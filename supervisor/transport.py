@@ -29,6 +29,8 @@ LogSink = Callable[[str], None]
 
 class AgentLink(Protocol):
     pid: int | None  # a child process of ours the tracer's waitpid(-1) may reap
+    # Bytes a stream may have in flight from the agent (None: the protocol's default).
+    stream_window: int | None
 
     async def open(self, channel: Channel, on_log: LogSink) -> None:
         """Attach channel to the agent (in the session's loop); stderr lines to on_log."""
@@ -53,6 +55,7 @@ class PipeLink:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
+        self.stream_window: int | None = None  # a pipe's round trip is short
 
     async def open(self, channel: Channel, on_log: LogSink) -> None:
         import asyncio  # not at the top: the CLI imports this module before spawning

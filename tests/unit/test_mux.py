@@ -14,11 +14,11 @@ from agent_image import protocol as p
 from agent_image.mux import Channel, ChannelClosed, TcpBridge
 
 
-async def _pair(handler: Callable[[int, p.Message], Awaitable[p.Message | None]] | None = None
-                ) -> tuple[Channel, Channel]:
+async def _pair(handler: Callable[[int, p.Message], Awaitable[p.Message | None]] | None = None,
+                recv_window: int = p.INITIAL_WINDOW) -> tuple[Channel, Channel]:
     a, b = socket.socketpair()
     _OPEN.extend((a, b))
-    sup = Channel("supervisor")
+    sup = Channel("supervisor", recv_window=recv_window)
     agent = Channel("agent", handler)
     _CHANNELS.extend((sup, agent))
     await sup.open_socket(a)
@@ -164,7 +164,8 @@ def test_an_unknown_reply_op_fails_that_request_only() -> None:
     run(main())
 
 
-async def _bridged() -> tuple[Channel, Channel, socket.socket, socket.socket, TcpBridge]:
+async def _bridged(recv_window: int = p.INITIAL_WINDOW
+                   ) -> tuple[Channel, Channel, socket.socket, socket.socket, TcpBridge]:
     """A stream whose ends are socketpairs: app <-> sup bridge ~ agent bridge <-> server."""
     loop = asyncio.get_running_loop()
     server_side, server = tcp_pair()
@@ -178,7 +179,7 @@ async def _bridged() -> tuple[Channel, Channel, socket.socket, socket.socket, Tc
         await loop.connect_accepted_socket(lambda: bridge, server_side)
         return p.Connected(local_host="198.18.0.2", local_port=1)
 
-    sup, agent = await _pair(handler)
+    sup, agent = await _pair(handler, recv_window)
     app, app_side = tcp_pair()
     bridge = TcpBridge(sup)
     reply = await sup.request(p.Connect(host="198.18.0.10", port=80), endpoint=bridge)
@@ -392,5 +393,37 @@ def test_a_channel_that_waits_to_be_spoken_to_says_nothing_first() -> None:
         hello = await sup.handshake(5)
         assert hello.role == "agent"
         assert await sup.request(p.Uname()) == p.Done()
+
+    run(main())
+
+
+def test_a_wider_receive_window_is_granted_once_the_stream_is_open() -> None:
+    """A long-round-trip link asks for more in flight per stream than the protocol's
+    INITIAL_WINDOW: the receiver grants the difference (nothing for an old agent to
+    learn), and the pod's side may then send that much before it waits for credit."""
+
+    async def main() -> None:
+        wide = 4 * p.INITIAL_WINDOW
+        sup, _, app, server, agent_bridge = await _bridged(recv_window=wide)
+        bridge = _sup_bridge(sup)
+        bridge.widen()
+        await asyncio.sleep(0.05)
+        assert agent_bridge._send_window == wide
+        # and the data still arrives whole, in order
+        payload = bytes(range(256)) * 20000
+        loop = asyncio.get_running_loop()
+        send = asyncio.ensure_future(loop.sock_sendall(server, payload))
+        assert await _recv_exactly(app, len(payload)) == payload
+        await send
+
+    run(main())
+
+
+def test_the_default_window_grants_nothing_extra() -> None:
+    async def main() -> None:
+        sup, _, _, _, agent_bridge = await _bridged()
+        _sup_bridge(sup).widen()
+        await asyncio.sleep(0.05)
+        assert agent_bridge._send_window == p.INITIAL_WINDOW
 
     run(main())

@@ -31,6 +31,7 @@ class InProcessAgent:
     """An AgentLink whose agent is a Channel on the session's own loop."""
 
     pid = None
+    stream_window = None
 
     def __init__(self, features: tuple[str, ...] = FEATURES,
                  handler: Callable[[Agent], Handler] | None = None) -> None:
