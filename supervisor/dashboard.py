@@ -1,34 +1,20 @@
-"""The live dashboard: a bounded model of the session's events, and its rich views.
+"""The live dashboard's views: the frame drawn while COMMAND runs, the summary after.
 
-:class:`DashState` is fed every :class:`~supervisor.events.Event` on the
-tracer thread, between two ptrace stops, so :meth:`DashState.add` only
-updates counters and a few bounded maps under a briefly held lock; nothing
-is formatted there. Rendering happens on rich's refresh thread
-(:class:`LiveView`, about four times a second), from a small copy taken
-under the same lock, and never looks at more rows than it shows.
-
-Memory stays bounded however long the session runs: identical calls (same
-comm, syscall, target, via and result) share one row with a count; the
-recent rows, the failures and the per-target totals for the summary each
-have a cap, and what falls off the per-target totals is still counted.
-
-The dashboard only reads events (STYLE.md); the runner feeds it the agent's
-status (:meth:`DashState.set_agent`) and the open streams
-(:meth:`DashState.set_streams`).
+The model is supervisor/dashboard_state.py. Rendering happens on rich's
+refresh thread (:class:`LiveView`, about four times a second), from a small
+copy of the state taken under its lock, and never looks at more rows than it
+shows; the tables are drawn by hand (:class:`_Grid`) because rich's Table
+took ~20 ms a frame, time the tracer thread would wait for the GIL.
 """
 
 from __future__ import annotations
 
 import codecs
-import heapq
 import io
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from copy import copy
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass
 from typing import Any
 
 from rich import box
@@ -41,14 +27,19 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from supervisor.events import Event, StreamStats, format_latency
+from supervisor.dashboard_state import (
+    STREAM_END,
+    Aggregate,
+    DashState,
+    KindCounts,
+    Row,
+    SessionInfo,
+    Snapshot,
+)
+from supervisor.events import format_latency
 
 __all__ = [
-    "DashState",
-    "KindCounts",
     "LiveView",
-    "SessionInfo",
-    "StreamStats",
     "format_bytes",
     "plain_summary",
     "render_live",
@@ -56,298 +47,10 @@ __all__ = [
     "shorten",
 ]
 
-# The kinds always shown, in this order (CONTRACT.md, --events); others follow as seen.
-KINDS = ("dns", "connect", "udp", "open", "stat", "listen", "incoming")
 MODES = ("dns", "outgoing", "fs", "env", "incoming")
-# A relayed stream's end: its bytes and duration, not a new call.
-STREAM_END = "close"
-# A non-blocking connect(2) answers EINPROGRESS when all is well (Go, node and
-# curl all connect that way), so it is not a failure.
-NOT_FAILURES = frozenset({"-EINPROGRESS"})
 MAX_ROWS = 12  # recent calls shown live: the app's own output needs the rest of the screen
 TOP_PER_KIND = 5  # targets per kind in the summary
 ERROR = "red"
-
-
-@dataclass
-class SessionInfo:
-    """What the header says about the session: where calls go and how."""
-
-    target: str
-    modes: dict[str, str] = field(default_factory=dict)
-    started: float = field(default_factory=time.time)
-
-
-@dataclass(slots=True)
-class KindCounts:
-    """One kind's calls, split three ways (failed first), and its bytes."""
-
-    diverted: int = 0
-    local: int = 0
-    failed: int = 0
-    sent: int = 0
-    received: int = 0
-    ended: int = 0  # streams that ended ("close" events)
-    broken: int = 0  # of which ended with an error (reset)
-
-    @property
-    def calls(self) -> int:
-        return self.diverted + self.local + self.failed
-
-
-@dataclass(slots=True)
-class Row:
-    """Identical calls merged: the latest one's time, pid and latency, and a count."""
-
-    ts: float
-    pid: int
-    comm: str
-    syscall: str
-    kind: str
-    target: str
-    via: str
-    result: str
-    latency_us: int
-    max_latency_us: int
-    failed: bool
-    count: int = 1
-    sent: int = 0
-    received: int = 0
-    answer: str | None = None
-
-
-@dataclass(slots=True)
-class Aggregate:
-    """A (kind, target, via) for the summary: a stream's end adds to its connect's row."""
-
-    kind: str
-    target: str
-    via: str
-    calls: int = 0
-    failed: int = 0
-    ended: int = 0
-    total_latency_us: int = 0
-    max_latency_us: int = 0
-    sent: int = 0
-    received: int = 0
-    last_ts: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def weight(self) -> int:
-        return self.calls + self.ended
-
-
-def is_failure(result: str) -> bool:
-    """Whether a call failed: a negative errno, EINPROGRESS aside."""
-    return result.startswith("-") and result not in NOT_FAILURES
-
-
-def is_local(via: str) -> bool:
-    return via == "local" or via.startswith("local")
-
-
-def _byte_count(detail: dict[str, Any] | None, key: str) -> int:
-    if not detail:
-        return 0
-    value = detail.get(key)
-    # bool is an int; a recorded file may hold anything.
-    return value if type(value) is int and value > 0 else 0
-
-
-class DashState:
-    """The session as the dashboard shows it; safe to feed from any thread.
-
-    The caps bound memory, not correctness of the totals: the per-kind
-    counters are exact, and calls whose target fell out of the per-target
-    table are counted in :attr:`untracked_calls`.
-    """
-
-    def __init__(
-        self,
-        session: SessionInfo,
-        *,
-        recent: int = 200,
-        failures: int = 50,
-        max_targets: int = 5000,
-        max_kinds: int = 16,
-    ) -> None:
-        self.session = session
-        self._lock = threading.Lock()
-        self._recent_cap = recent
-        self._failures_cap = failures
-        self._targets_cap = max_targets
-        self._kinds_cap = max_kinds
-        self._counts: dict[str, KindCounts] = {kind: KindCounts() for kind in KINDS}
-        self._recent: OrderedDict[tuple[str, ...], Row] = OrderedDict()
-        self._failures: OrderedDict[tuple[str, ...], Row] = OrderedDict()
-        self._targets: dict[tuple[str, str, str], Aggregate] = {}
-        self._untracked: dict[str, int] = {}
-        self._streams: dict[tuple[int, str, str], list[StreamStats]] = {}
-        self.events = 0
-        self.first_ts: float | None = None
-        self.last_ts: float | None = None
-        self.agent_status: str | None = None
-        self.agent_rtt_ms: float | None = None
-        self.ended: float | None = None
-        self.exit_status: int | None = None
-
-    # --- feeding (tracer thread: O(1), no formatting) ------------------------------------
-
-    def add(self, event: Event) -> None:
-        """Count one event; cheap enough for the tracer thread."""
-        sent = _byte_count(event.detail, "sent")
-        received = _byte_count(event.detail, "received")
-        answer = event.detail.get("answer") if event.detail else None
-        failed = is_failure(event.result)
-        end = event.syscall == STREAM_END
-        key = (event.comm, event.syscall, event.target, event.via, event.result)
-        with self._lock:
-            self.events += 1
-            if self.first_ts is None:
-                self.first_ts = event.ts
-            if self.last_ts is None or event.ts > self.last_ts:
-                self.last_ts = event.ts
-            kind = self._kind(event.kind)
-            counts = self._counts[kind]
-            counts.sent += sent
-            counts.received += received
-            if end:
-                counts.ended += 1
-                counts.broken += failed
-                self._stream_ended(event)
-            elif failed:
-                counts.failed += 1
-            elif is_local(event.via):
-                counts.local += 1
-            else:
-                counts.diverted += 1
-            # One Row in both maps, so a failure's count goes on while it is out of sight.
-            row = self._recent.get(key) or (self._failures.get(key) if failed else None)
-            if row is None:
-                row = Row(event.ts, event.pid, event.comm, event.syscall, kind, event.target,
-                          event.via, event.result, 0, 0, failed, 0)
-            row.count += 1
-            row.ts, row.pid, row.latency_us = event.ts, event.pid, event.latency_us
-            row.max_latency_us = max(row.max_latency_us, event.latency_us)
-            row.sent += sent
-            row.received += received
-            if isinstance(answer, str):
-                row.answer = answer
-            _touch(self._recent, key, row, self._recent_cap)
-            if failed:
-                _touch(self._failures, key, row, self._failures_cap)
-            self._aggregate(event, kind, failed, end, sent, received)
-
-    def set_agent(self, status: str, rtt_ms: float | None) -> None:
-        """The agent's state for the header: "connected", "lost: <reason>", ..."""
-        with self._lock:
-            self.agent_status = status
-            self.agent_rtt_ms = rtt_ms
-
-    def set_streams(self, streams: list[StreamStats]) -> None:
-        """Replace the open streams with the relay's latest snapshot."""
-        by_owner: dict[tuple[int, str, str], list[StreamStats]] = {}
-        for stream in streams:
-            by_owner.setdefault((stream.pid, stream.target, stream.via), []).append(stream)
-        with self._lock:
-            self._streams = by_owner
-
-    def finished(self, exit_status: int | None, *, at: float | None = None) -> None:
-        """The session is over: freeze the uptime, and say how COMMAND ended."""
-        with self._lock:
-            self.exit_status = exit_status
-            self.ended = time.time() if at is None else at
-
-    def _kind(self, kind: str) -> str:
-        if kind not in self._counts:
-            if len(self._counts) >= self._kinds_cap - 1:  # room kept for "other"
-                kind = "other"
-            self._counts.setdefault(kind, KindCounts())
-        return kind
-
-    def _aggregate(self, event: Event, kind: str, failed: bool, end: bool, sent: int,
-                   received: int) -> None:
-        key = (kind, event.target, event.via)
-        agg = self._targets.get(key)
-        if agg is None:
-            if len(self._targets) >= self._targets_cap:
-                self._evict()
-            agg = self._targets[key] = Aggregate(kind, event.target, event.via)
-        agg.sent += sent
-        agg.received += received
-        agg.last_ts = event.ts
-        if end:
-            agg.ended += 1
-            return
-        agg.calls += 1
-        agg.total_latency_us += event.latency_us
-        agg.max_latency_us = max(agg.max_latency_us, event.latency_us)
-        if failed:
-            agg.failed += 1
-            if event.result in agg.errors or len(agg.errors) < 4:
-                agg.errors[event.result] = agg.errors.get(event.result, 0) + 1
-
-    def _evict(self) -> None:
-        # A tenth at a time, least counted (then oldest) first: amortised O(1) per
-        # event (about 1 ms per 500 new targets), and a summary's targets are the
-        # frequent ones.
-        doomed = heapq.nsmallest(max(1, self._targets_cap // 10), self._targets.values(),
-                                 key=lambda a: (a.weight, a.last_ts))
-        for agg in doomed:
-            del self._targets[(agg.kind, agg.target, agg.via)]
-            self._untracked[agg.kind] = self._untracked.get(agg.kind, 0) + agg.calls
-
-    def _stream_ended(self, event: Event) -> None:
-        # Until the relay's next snapshot, forget the stream here, so its bytes
-        # are not shown both in the totals and as still open.
-        owned = self._streams.get((event.pid, event.target, event.via))
-        if owned:
-            owned.pop()
-
-    # --- reading (any thread: copies, taken under the lock) --------------------------------
-
-    def counts(self) -> dict[str, KindCounts]:
-        """Each kind's counters, the standard kinds first."""
-        with self._lock:
-            return {kind: copy(c) for kind, c in self._counts.items()}
-
-    def recent_rows(self, limit: int | None = None) -> list[Row]:
-        """The latest merged rows, oldest first."""
-        with self._lock:
-            return _last(self._recent, limit)
-
-    def aggregates(self) -> list[Aggregate]:
-        """The per-target totals still tracked (at most max_targets)."""
-        with self._lock:
-            out = [copy(a) for a in self._targets.values()]
-        for agg in out:
-            agg.errors = dict(agg.errors)
-        return out
-
-    def untracked_calls(self) -> dict[str, int]:
-        """Per kind, calls whose target fell out of the per-target table."""
-        with self._lock:
-            return dict(self._untracked)
-
-    def streams(self) -> list[StreamStats]:
-        with self._lock:
-            return [copy(s) for owned in self._streams.values() for s in owned]
-
-
-def _touch(rows: OrderedDict[tuple[str, ...], Row], key: tuple[str, ...], row: Row,
-           cap: int) -> None:
-    """Make row the newest under key, dropping the stalest past cap."""
-    rows[key] = row
-    rows.move_to_end(key)
-    if len(rows) > cap:
-        rows.popitem(last=False)
-
-
-def _last(rows: OrderedDict[tuple[str, ...], Row], limit: int | None) -> list[Row]:
-    """Copies of the newest limit rows, oldest first, without walking the others."""
-    newest = list(islice(reversed(rows.values()), limit))
-    return [copy(row) for row in reversed(newest)]
 
 
 # --- text helpers ---------------------------------------------------------------------------
@@ -548,42 +251,6 @@ class _Grid:
         yield Segment.line()
 
 
-@dataclass
-class _Snapshot:
-    """What one frame shows, copied under the lock so rendering needs none."""
-
-    session: SessionInfo
-    agent_status: str | None
-    agent_rtt_ms: float | None
-    counts: dict[str, KindCounts]
-    rows: list[Row]
-    failures: list[Row]
-    streams: list[StreamStats]  # the busiest few
-    stream_count: int
-    stream_sent: int  # by all open streams so far
-    stream_received: int
-    events: int
-    now: float
-    ended: float | None
-    exit_status: int | None
-
-
-def _snapshot(state: DashState, now: float | None, rows: int, streams: int = 4) -> _Snapshot:
-    with state._lock:
-        session = state.session
-        open_streams = [s for owned in state._streams.values() for s in owned]
-        top = heapq.nlargest(streams, open_streams, key=lambda s: s.sent + s.received)
-        return _Snapshot(
-            SessionInfo(session.target, dict(session.modes), session.started),
-            state.agent_status, state.agent_rtt_ms,
-            {kind: copy(c) for kind, c in state._counts.items()},
-            _last(state._recent, rows),
-            _last(state._failures, rows + 3),
-            [copy(s) for s in top], len(open_streams), sum(s.sent for s in open_streams),
-            sum(s.received for s in open_streams), state.events,
-            time.time() if now is None else now, state.ended, state.exit_status)
-
-
 def render_live(state: DashState, now: float | None = None, *,
                 rows: int | None = None) -> RenderableType:
     """The dashboard: header, counters, recent calls, failures gone by, open streams.
@@ -592,14 +259,14 @@ def render_live(state: DashState, now: float | None = None, *,
     terminal's height, at most MAX_ROWS, so the app's output above stays in
     sight.
     """
-    return _LiveRender(_snapshot(state, now, rows or MAX_ROWS), rows)
+    return _LiveRender(state.snapshot(now, rows or MAX_ROWS), rows)
 
 
 class _LiveRender:
     """One frame. rich draws the frame again below every line printed above it,
     so the segments are kept: a burst of app output costs no new layout."""
 
-    def __init__(self, snap: _Snapshot, rows: int | None) -> None:
+    def __init__(self, snap: Snapshot, rows: int | None) -> None:
         self.snap = snap
         self.rows = rows
         self._drawn: tuple[tuple[int, int], list[Segment]] | None = None
@@ -634,7 +301,7 @@ def _row_key(row: Row) -> tuple[str, ...]:
     return (row.comm, row.syscall, row.target, row.via, row.result)
 
 
-def _header(snap: _Snapshot, width: int) -> Panel:
+def _header(snap: Snapshot, width: int) -> Panel:
     status = Text()
     if snap.agent_status is not None:
         lost = not snap.agent_status.startswith("connected")
@@ -655,7 +322,7 @@ def _header(snap: _Snapshot, width: int) -> Panel:
                  padding=(0, 1))
 
 
-def _counters_grid(snap: _Snapshot) -> _Grid:
+def _counters_grid(snap: Snapshot) -> _Grid:
     """Kinds across and counters down, so every kind fits in seven lines.
 
     The open streams' bytes so far count with the connects, so the totals move
@@ -716,7 +383,7 @@ def _calls_table(rows: list[Row], hidden: list[Row], started: float, width: int)
                    sections=[len(hidden) - 1] if hidden else [])
 
 
-def _streams_table(snap: _Snapshot, width: int) -> _Grid:
+def _streams_table(snap: Snapshot, width: int) -> _Grid:
     cols = [_Col("to", flex=3), _Col("via", flex=2), _Col("pid/comm"),
             _Col("open", "right"), _Col("↑ sent", "right"), _Col("↓ received", "right")]
     rows: list[tuple[list[Cell], str | None]] = [
@@ -738,8 +405,7 @@ def render_summary(state: DashState, now: float | None = None) -> RenderableType
     Built from events alone (no stream snapshot, no agent status), so that a
     replay of the --events file shows the same numbers as the live run.
     """
-    with state._lock:
-        session, ended, exit_status = state.session, state.ended, state.exit_status
+    session, ended, exit_status = state.ending()
     end = ended if ended is not None else (time.time() if now is None else now)
     return _SummaryRender(session, end, exit_status, state.counts(), state.aggregates(),
                           state.untracked_calls())

@@ -22,7 +22,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from supervisor.dashboard import DashState, LiveView, SessionInfo, plain_summary
+from supervisor.dashboard import LiveView, plain_summary
+from supervisor.dashboard_state import DashState, SessionInfo
 from supervisor.events import EventBus
 from supervisor.options import RunOptions
 from supervisor.terminal import AppTerminal
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from supervisor.session import Session
 
 AGENT_WATCH_EVERY = 2.0  # seconds between round-trip probes of the agent
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits
 
 
 def describe_source(options: RunOptions) -> str:
@@ -94,6 +96,9 @@ class Display:
             state.set_streams(session.open_streams())
 
         self.view.set_on_refresh(streams)
+        # A frame takes a few ms of Python on rich's refresh thread; a tracee's stop
+        # must not wait that long for the GIL (the default hand-over is after 5 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.view.start()
         self._stop_watch = session.watch_agent(state.set_agent, AGENT_WATCH_EVERY)
         if self.terminal is not None:

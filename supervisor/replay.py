@@ -23,7 +23,8 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
-from supervisor.dashboard import MAX_ROWS, DashState, SessionInfo, render_live, render_summary
+from supervisor.dashboard import MAX_ROWS, render_live, render_summary
+from supervisor.dashboard_state import DashState, SessionInfo
 from supervisor.errors import UsageError
 from supervisor.events import Event
 

@@ -15,14 +15,13 @@ from rich.console import Console, RenderableType
 
 from supervisor.dashboard import (
     TOP_PER_KIND,
-    DashState,
     LiveView,
-    SessionInfo,
     plain_summary,
     render_live,
     render_summary,
     shorten,
 )
+from supervisor.dashboard_state import DashState, SessionInfo
 from supervisor.events import Event, StreamStats
 
 T0 = 1000.0

@@ -15,7 +15,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from supervisor import cli
-from supervisor.dashboard import DashState, SessionInfo, plain_summary
+from supervisor.dashboard import plain_summary
+from supervisor.dashboard_state import DashState, SessionInfo
 from supervisor.errors import UsageError
 from supervisor.events import Event, EventBus
 from supervisor.replay import load_events, replay
