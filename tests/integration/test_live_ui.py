@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cluster import CLOSED_PORT, WEB_IP, WEB_IP6, WEB_PORT, Cluster
+from cluster import CLOSED_PORT, SAFE_PATH, WEB_IP, WEB_IP6, WEB_PORT, Cluster
 
 pytestmark = [
     pytest.mark.integration,
@@ -193,4 +193,23 @@ def test_keys_reach_the_app_and_it_sees_a_terminal(cluster: Cluster, pane: Pane)
     assert f"size={HEIGHT} {WIDTH}" in text, text  # the real terminal's size, passed on
     assert "hello <pod person>" in text
     assert "MT-EXIT=0" in text
+    _shell_restored(pane)
+
+
+def test_live_view_as_an_unprivileged_user(cluster: Cluster, unpriv_python: str,
+                                           pane: Pane) -> None:
+    """Users run mirrortrace as themselves: the pty, the terminal modes and the view
+    need no privilege (the pane's terminal belongs to root; its fds are inherited)."""
+    script = (f"id -un; curl -s --max-time 10 http://web:{WEB_PORT}/hello; "
+              "echo done-$((6*7)); sleep 1")
+    argv = cluster.mirrortrace_argv(["sh", "-c", script], user="nobody")
+    home = cluster.home_of("nobody")
+    env = f"env -i PATH={SAFE_PATH} HOME={home} TERM=xterm"
+    pane.type(f"cd {home} && {env} {shlex.join(argv)}; echo MT-EXIT=$?; cd /")
+    text = pane.wait_for(r"MT-EXIT=\d+")
+    assert "MT-EXIT=0" in text, text
+    assert "\nnobody" in text and "hello from web" in text and "done-42" in text, text
+    tail = text.split("done-42", 1)[1]
+    assert "mirrortrace summary" in tail, text
+    assert re.search(rf"connect\s+{WEB_ADDR}\s+agent", tail), tail
     _shell_restored(pane)
