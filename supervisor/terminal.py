@@ -48,7 +48,7 @@ from typing import Any
 
 from supervisor.errors import MirrortraceError
 
-__all__ = ["AppTerminal", "LineBuffer", "passthrough_mode"]
+__all__ = ["AppTerminal", "passthrough_mode"]
 
 _CHUNK = 1 << 16
 _KEYS = {
@@ -371,31 +371,6 @@ class AppTerminal:
     def _stop_requested(self, timeout: float) -> bool:
         ready, _, _ = select.select([self._stop_r], [], [], timeout)
         return bool(ready)
-
-
-class LineBuffer:
-    """COMMAND's output cut into whole lines, for a dashboard that prints line by line.
-
-    The pty hands over bytes as they were written: a line may come in pieces, and a
-    prompt ("Password: ") never ends one, so what is pending should be shown too.
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """The lines data completes, without their "\\n" or "\\r\\n"."""
-        *lines, self._pending = (self._pending + data).split(b"\n")
-        return [line.removesuffix(b"\r") for line in lines]
-
-    @property
-    def pending(self) -> bytes:
-        return self._pending
-
-    def take_pending(self) -> bytes:
-        """The unfinished line, e.g. at the end, or to print a prompt that waits."""
-        pending, self._pending = self._pending, b""
-        return pending
 
 
 def _copy_size(src: int, dst: int) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.terminal import AppTerminal, LineBuffer, passthrough_mode
+from supervisor.terminal import AppTerminal, passthrough_mode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -613,15 +613,3 @@ def test_in_the_background_it_neither_reads_nor_sets_the_terminal_until_fg() -> 
         "job_status": 0,
         "restored": True,
     }
-
-
-# --- helpers ---------------------------------------------------------------------------
-
-
-def test_line_buffer_cuts_whole_lines_and_keeps_the_rest() -> None:
-    lines = LineBuffer()
-    assert lines.feed(b"\x1b[31mone\r\ntw") == [b"\x1b[31mone"]
-    assert lines.feed(b"o\nthree\r\nPassword: ") == [b"two", b"three"]
-    assert lines.pending == b"Password: "
-    assert lines.take_pending() == b"Password: "
-    assert lines.pending == b""
