@@ -544,6 +544,17 @@ class LiveView:
             self._on_refresh()
         return render_live(self.state)
 
+    def pause(self) -> None:
+        """Before the supervisor stops (^Z): the shell gets its cursor back."""
+        if self.started:
+            self.console.show_cursor(True)
+
+    def resume(self) -> None:
+        """After `fg`: hide the cursor again and redraw at once."""
+        if self.started and not self._stopped:
+            self.console.show_cursor(False)
+            self._live.refresh()
+
     def app_output(self, data: bytes) -> None:
         """Queue the app's output for the lines above the view (thread-safe)."""
         with self._lock:

@@ -113,14 +113,19 @@ class Display:
         return True
 
     def suspend(self) -> None:
-        """^Z: COMMAND stops with us (see AppTerminal.suspend)."""
+        """^Z: COMMAND stops with us (see AppTerminal.suspend); the shell gets the
+        terminal back as it lent it, cursor included."""
         if self.terminal is not None:
             self.terminal.interrupt(signal.SIGTSTP)
             self.terminal.suspend()
+        if self.view is not None:
+            self.view.pause()
 
     def resume(self) -> None:
         if self.terminal is not None:
             self.terminal.resume()
+        if self.view is not None:
+            self.view.resume()
 
     def finish(self, exit_status: int | None) -> None:
         """COMMAND is over: its last output, then the summary. Idempotent."""

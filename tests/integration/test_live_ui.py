@@ -213,3 +213,26 @@ def test_live_view_as_an_unprivileged_user(cluster: Cluster, unpriv_python: str,
     assert "mirrortrace summary" in tail, text
     assert re.search(rf"connect\s+{WEB_ADDR}\s+agent", tail), tail
     _shell_restored(pane)
+
+
+def test_ctrl_z_stops_both_and_fg_continues_both(cluster: Cluster, pane: Pane) -> None:
+    """^Z stops COMMAND and mirrortrace together (COMMAND's orphaned process group
+    ignores a plain SIGTSTP, so the pty alone would not stop it); `fg` resumes both,
+    the view comes back, and the run ends normally."""
+    script = ("echo tick-$((1+1)); sleep 2; echo tock-$((1+2)); sleep 1")
+    argv = cluster.mirrortrace_argv(["sh", "-c", script])
+    pane.type(shlex.join(argv))  # alone: after `cmd; next`, bash would run next at ^Z
+    pane.wait_for(r"tick-2")
+    pane.key("C-z")
+    stopped = pane.wait_for(r"Stopped", timeout=20)
+    assert "tock-3" not in stopped
+    # While stopped, the shell has its terminal back as it lent it.
+    _shell_restored(pane)
+    time.sleep(2.5)  # COMMAND's sleep would have ended by now, were it running
+    assert "tock-3" not in pane.screen()
+    pane.type("fg")
+    text = pane.wait_for(r"mirrortrace summary", timeout=30)
+    assert "tock-3" in text, text
+    pane.type("echo exit=$?-end")
+    assert "exit=0-end" in pane.wait_for(r"exit=\d+-end")
+    _shell_restored(pane)
