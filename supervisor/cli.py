@@ -382,6 +382,7 @@ def run(
         link = KubeLink(settings, lambda text: print(notice_text(options.ui, text),
                                                      file=sys.stderr))
         link.prepare()  # the cluster work overlaps the engine's start-up
+        link.wait_for_client()
     else:
         from supervisor.transport import PipeLink, spawn_agent
 

@@ -22,14 +22,14 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from supervisor.dashboard import LiveView, plain_summary
-from supervisor.dashboard_state import DashState, SessionInfo
 from supervisor.events import EventBus
 from supervisor.options import RunOptions
-from supervisor.terminal import AppTerminal
 
 if TYPE_CHECKING:
+    from supervisor.dashboard import LiveView
+    from supervisor.dashboard_state import DashState
     from supervisor.session import Session
+    from supervisor.terminal import AppTerminal
 
 AGENT_WATCH_EVERY = 2.0  # seconds between round-trip probes of the agent
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits
@@ -71,11 +71,16 @@ class Display:
         self._stop_watch: Callable[[], None] | None = None
         self._finished = False
         if self.ui not in ("live", "plain"):
-            return
+            return  # and rich is never imported: a tenth of a second of start-up
+        from supervisor.dashboard import LiveView
+        from supervisor.dashboard_state import DashState, SessionInfo
+
         self.state = DashState(SessionInfo(describe_source(options), describe_modes(options)))
         bus.subscribe(self.state.add)
         if self.ui == "live":
             from rich.console import Console
+
+            from supervisor.terminal import AppTerminal
 
             self.terminal = AppTerminal.open()
             self.view = LiveView(self.state, Console(file=sys.stderr))
@@ -140,6 +145,8 @@ class Display:
             if self.view.started:
                 self.view.stop(exit_status)
         elif self.state is not None and exit_status is not None:
+            from supervisor.dashboard import plain_summary
+
             self.state.finished(exit_status)
             sys.stderr.write(plain_summary(self.state) + "\n")
             sys.stderr.flush()

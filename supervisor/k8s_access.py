@@ -11,7 +11,8 @@ from __future__ import annotations
 from supervisor.k8s_api import Kube
 
 RULES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
-    ("", "pods", ("get", "list"), "find the target's pod and watch the agent start"),
+    ("", "pods", ("get", "list"), "find the target's pod and see the agent's status"),
+    ("", "pods", ("watch",), "see the agent start at once (without it: polled every 0.5 s)"),
     ("", "pods/ephemeralcontainers", ("patch",), "inject the agent next to the target"),
     ("", "pods/attach", ("get", "create"), "reach the agent (websocket attach)"),
     ("", "pods", ("create", "delete"), "targetless: the agent's own short-lived pod"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from kubernetes.config.config_exception import ConfigException
 from supervisor.errors import TargetError
 
 REQUEST_TIMEOUT = 15.0
+
+
+class WatchForbidden(TargetError):
+    """RBAC allows get but not watch: the caller can fall back to polling."""
 
 
 @dataclass
@@ -75,6 +80,53 @@ class Kube:
         except ValueError:
             raise TargetError(f"the API server answered {method} {path} with something that "
                               "is not JSON") from None
+
+    def watch(self, resource: str, namespace: str, path: str, *, query: dict[str, str],
+              timeout: float) -> Iterator[dict[str, Any]]:
+        """A watch's events ({"type": ..., "object": ...}) as the API server sends them,
+        for at most `timeout` seconds; WatchForbidden when RBAC has no `watch` for it."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        seconds = max(1, int(timeout))
+        params = {**query, "watch": "true", "timeoutSeconds": str(seconds)}
+        try:
+            args = self.api.param_serialize(
+                "GET", path, query_params=list(params.items()),
+                header_params={"Accept": "application/json"},
+                auth_settings=list(self.configuration.auth_settings()))
+            resp = self.api.call_api(*args, _request_timeout=(REQUEST_TIMEOUT, seconds + 5))
+        except ApiException as exc:
+            raise api_error(exc, "watch", resource, namespace, self.where) from None
+        except Exception as exc:  # urllib3's connection errors, SSL errors, DNS
+            raise TargetError(
+                f"cannot reach the cluster ({self.where}): {_root_cause(exc)}",
+                "check your network or VPN, and the context: kubectl cluster-info",
+            ) from None
+        raw = resp.response
+        try:
+            if not 200 <= resp.status <= 299:
+                data = resp.read()
+                exc = ApiException(status=resp.status, reason=resp.reason,
+                                   body=data.decode(errors="replace") if data else None)
+                if resp.status == 403:
+                    raise WatchForbidden(str(api_error(exc, "watch", resource, namespace,
+                                                       self.where)))
+                raise api_error(exc, "watch", resource, namespace, self.where)
+            for line in iter_resp_lines(raw):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    raise TargetError("the API server sent a watch event that is not "
+                                      "JSON") from None
+                if isinstance(event, dict):
+                    yield event
+        except Exception as exc:
+            if isinstance(exc, TargetError):
+                raise
+            raise TargetError(f"the watch of {resource} broke ({self.where}): "
+                              f"{_root_cause(exc)}") from None
+        finally:
+            raw.close()  # a watch cut short must not go back to the pool half-read
 
     def auth_headers(self) -> dict[str, str]:
         """The Authorization header for a websocket, refreshed the way the client does

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 DEFAULT_IMAGE = f"ghcr.io/mirrortrace/agent:{__version__}"
 START_TIMEOUT = 120.0  # includes pulling the image the first time
-POLL = 0.05  # status polls while the container starts: a watch would save little
+POLL = 0.5  # status polls while the container starts, when RBAC allows no watch
 # Waiting reasons that will not get better by waiting.
 HOPELESS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
             "CreateContainerConfigError", "ErrImageNeverPull"}
@@ -79,6 +79,7 @@ class KubeLink:
         self.stream: KubeStream | None = None
         self._end: str | None = None
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._client_loaded = threading.Event()
         self._started = False
 
     def prepare(self) -> None:
@@ -89,11 +90,24 @@ class KubeLink:
         self._started = True
         threading.Thread(target=self._prepare, name="mirrortrace-k8s", daemon=True).start()
 
+    def wait_for_client(self, timeout: float = 5.0) -> None:
+        """Until the thread has imported the official client (or failed to).
+
+        Python runs one thread at a time, so the engine's imports, made meanwhile,
+        would only delay the client's, which are on the critical path. Once the
+        cluster calls are under way the engine loads while we wait for answers and
+        for the agent's container, which cost us no CPU.
+        """
+        self._client_loaded.wait(timeout)
+
     def _prepare(self) -> None:
         try:
             # Here, in the thread: importing the official client takes a quarter second.
-            from supervisor.k8s_api import connect
-            from supervisor.k8s_targets import resolve
+            try:
+                from supervisor.k8s_api import connect
+                from supervisor.k8s_targets import resolve
+            finally:
+                self._client_loaded.set()
 
             s = self.settings
             self.kube = kube = connect(s.kubeconfig, s.context)
@@ -229,45 +243,87 @@ class KubeLink:
         self.made_pod = True
 
     def _wait_running(self, kube: Kube, namespace: str) -> None:
-        """Until the agent's container runs; a hopeless wait fails at once with its reason."""
+        """Until the agent's container runs; a hopeless wait fails at once with its reason.
+
+        Watched, as kubectl debug does: the first event after the kubelet starts it
+        says so, with no polling of the API server through a long image pull. A
+        Role without `watch` on pods still works, polled gently instead.
+        """
+        from supervisor.k8s_api import WatchForbidden
         from supervisor.k8s_targets import get_pod
 
         deadline = time.monotonic() + self.settings.start_timeout
-        last = "not started yet"
+        state = _StartState()
+        name = self.pod or ""
+        watch = True
         while True:
-            pod = get_pod(kube, namespace, self.pod or "")
-            key = "containerStatuses" if self.made_pod else "ephemeralContainerStatuses"
-            for status in pod.get("status", {}).get(key) or []:
-                state = status.get("state") or {}
-                if status.get("name") != self.container or not state:
-                    continue
-                if "running" in state:
-                    return
-                if "terminated" in state:
-                    t = state["terminated"]
-                    why = f": {t['message']}" if t.get("message") else ""
-                    raise AgentStartError(
-                        f"the agent container {self.container} in pod {self.pod} ended "
-                        f"(exit code {t.get('exitCode')}{why})",
-                        f"see its log: kubectl logs -n {namespace} {self.pod} -c {self.container}",
-                    )
-                if "waiting" in state:
-                    reason = state["waiting"].get("reason") or "waiting"
-                    message = state["waiting"].get("message")
-                    last = reason + (f": {message}" if message else "")
-                    if reason in HOPELESS:
+            pod = get_pod(kube, namespace, name)
+            if self._running(pod, namespace, state):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._start_timeout(namespace, state)
+            if not watch:
+                time.sleep(min(POLL, left))
+                continue
+            query = {"fieldSelector": f"metadata.name={name}",
+                     "resourceVersion": str(pod.get("metadata", {}).get("resourceVersion", ""))}
+            try:
+                for event in kube.watch("pods", namespace, f"/api/v1/namespaces/{namespace}/pods",
+                                        query=query, timeout=left):
+                    obj = event.get("object") or {}
+                    if event.get("type") == "DELETED":
                         raise AgentStartError(
-                            f"the agent container cannot start in pod {self.pod}: {last}",
-                            f"check that the cluster can pull {self.settings.image} "
-                            "(or give --agent-image)",
-                        )
-            if time.monotonic() > deadline:
+                            f"the pod {name} was deleted while the agent was starting",
+                            "run again once the workload has a running pod")
+                    if event.get("type") in ("ADDED", "MODIFIED") and self._running(
+                            obj, namespace, state):
+                        return
+            except WatchForbidden:
+                watch = False  # and poll
+            # The watch ended (its timeout, or the server closed it): look again.
+
+    def _running(self, pod: dict[str, Any], namespace: str, state: _StartState) -> bool:
+        """Whether the agent's container runs in this version of the pod; raises when it
+        never will (ended, or waiting for a reason that waiting does not cure)."""
+        key = "containerStatuses" if self.made_pod else "ephemeralContainerStatuses"
+        for status in pod.get("status", {}).get(key) or []:
+            st = status.get("state") or {}
+            if status.get("name") != self.container or not st:
+                continue
+            if "running" in st:
+                return True
+            if "terminated" in st:
+                t = st["terminated"]
+                why = f": {t['message']}" if t.get("message") else ""
                 raise AgentStartError(
-                    f"the agent container in pod {self.pod} did not start within "
-                    f"{self.settings.start_timeout:.0f}s ({last})",
-                    f"look at: kubectl describe pod -n {namespace} {self.pod}",
+                    f"the agent container {self.container} in pod {self.pod} ended "
+                    f"(exit code {t.get('exitCode')}{why})",
+                    f"see its log: kubectl logs -n {namespace} {self.pod} -c {self.container}",
                 )
-            time.sleep(POLL)
+            if "waiting" in st:
+                reason = st["waiting"].get("reason") or "waiting"
+                message = st["waiting"].get("message")
+                state.last = reason + (f": {message}" if message else "")
+                if reason in HOPELESS:
+                    raise AgentStartError(
+                        f"the agent container cannot start in pod {self.pod}: {state.last}",
+                        f"check that the cluster can pull {self.settings.image} "
+                        "(or give --agent-image)",
+                    )
+        return False
+
+    def _start_timeout(self, namespace: str, state: _StartState) -> AgentStartError:
+        return AgentStartError(
+            f"the agent container in pod {self.pod} did not start within "
+            f"{self.settings.start_timeout:.0f}s ({state.last})",
+            f"look at: kubectl describe pod -n {namespace} {self.pod}",
+        )
+
+
+@dataclass
+class _StartState:
+    last: str = "not started yet"  # the container's latest waiting reason, for messages
 
 
 def security_context(uid: int | None, gid: int | None) -> dict[str, Any]:

@@ -98,6 +98,30 @@ def test_a_deployment_target_gets_the_pods_dns_connections_and_environment(
     assert attach and all(r.method == "GET" for r in attach)
 
 
+def test_the_agent_start_is_watched_not_polled(cluster: Cluster, dev: KubeDouble) -> None:
+    """One watch of the pod sees the container start, as kubectl debug does; the
+    API server is not asked for the pod again and again through a long start."""
+    dev.start_delay = 0.5  # a slower kubelet: polling would have asked ~20 times
+    out = run(cluster, dev, ["true"], "-t", "deployment/web", "-n", "dev")
+    assert out.returncode == 0, out.stderr
+    pod = web_pod(dev)
+    gets = [r for r in dev.requests
+            if r.method == "GET" and r.path == f"/api/v1/namespaces/dev/pods/{pod}"]
+    watches = [r for r in dev.requests if "watch=true" in r.query]
+    assert watches and all("fieldSelector=metadata.name" in r.query for r in watches), watches
+    assert all(r.path == "/api/v1/namespaces/dev/pods" for r in watches), watches
+    assert len(gets) <= 2, gets  # the target's pod, and its state before the watch
+
+
+def test_without_watch_in_rbac_the_start_is_polled(cluster: Cluster, dev: KubeDouble) -> None:
+    dev.deny("watch", "pods")
+    out = run(cluster, dev, ["sh", "-c", f"curl -s http://web:{WEB_PORT}/hello"],
+              "-t", "deployment/web", "-n", "dev")
+    assert out.returncode == 0, out.stderr
+    assert "hello" in out.stdout
+    assert any("watch=true" in r.query and r.status == 403 for r in dev.requests)
+
+
 def test_pod_and_container_targets_and_the_default_namespace(cluster: Cluster,
                                                             dev: KubeDouble) -> None:
     pod = web_pod(dev)
