@@ -323,9 +323,9 @@ def row_startup(report: Report, plan: Plan, s: Setup) -> None:
         f"importing the kubernetes client and the -t modules, {fmt_time(median(imports))} "
         f"(timed alone in another process, interleaved; mirrortrace overlaps some of it with "
         f"the engine's start-up); the double's simulated container start, "
-        f"{s.kube.start_delay:g} s between the ephemeral-container PATCH and the agent "
-        "process; and the double's REST and websocket handling, in Python in the bench "
-        "process."
+        f"{2 * s.kube.start_delay:g} s between the ephemeral-container PATCH and the agent "
+        "process (ContainerCreating, then running); and the double's REST and websocket "
+        "handling, in Python in the bench process."
     )
 
 
