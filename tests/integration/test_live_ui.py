@@ -236,3 +236,20 @@ def test_ctrl_z_stops_both_and_fg_continues_both(cluster: Cluster, pane: Pane) -
     pane.type("echo exit=$?-end")
     assert "exit=0-end" in pane.wait_for(r"exit=\d+-end")
     _shell_restored(pane)
+
+
+def test_a_resized_terminal_is_passed_on(cluster: Cluster, pane: Pane) -> None:
+    """The real terminal changes size while COMMAND runs: COMMAND's terminal follows
+    (SIGWINCH reaches the supervisor, which sets the pty's size; the kernel then
+    signals COMMAND), as `stty size` inside it shows."""
+    script = "echo before=$(stty size); read go; echo after=$(stty size)"
+    argv = cluster.mirrortrace_argv(["sh", "-c", script])
+    pane.type(f"{shlex.join(argv)}; echo MT-EXIT=$?")
+    pane.wait_for(rf"before={HEIGHT} {WIDTH}")
+    pane.tmux("resize-window", "-t", "t", "-x", "120", "-y", "50")
+    time.sleep(0.5)
+    pane.type("")
+    text = pane.wait_for(r"MT-EXIT=\d+")
+    assert "after=50 120" in text, text
+    assert "MT-EXIT=0" in text
+    _shell_restored(pane)
