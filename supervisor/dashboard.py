@@ -580,8 +580,9 @@ class LiveView:
             self._print_pending(time.monotonic(), final=False)
             self.console.print(Text(" ".join(text.split()), style="yellow"))
 
-    def stop(self, exit_status: int | None = None) -> None:
-        """Print the app's last words, clear the view, leave the summary. Idempotent."""
+    def stop(self, exit_status: int | None = None, *, summary: bool = True) -> None:
+        """Print the app's last words, clear the view, leave the summary (unless the run
+        failed before it could be one: its error is then the last word). Idempotent."""
         with self._lock:
             if self._stopped:
                 return
@@ -592,7 +593,8 @@ class LiveView:
             self._print_pending(time.monotonic(), final=True)
         self.state.finished(exit_status)
         self._live.stop()
-        self.console.print(render_summary(self.state))
+        if summary:
+            self.console.print(render_summary(self.state))
 
     def _arm(self, delay: float) -> None:
         self._timer = threading.Timer(delay, self._on_timer)

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from supervisor.errors import MirrortraceError
 from supervisor.events import EventBus
 from supervisor.options import RunOptions
 
@@ -69,6 +70,7 @@ class Display:
         self.terminal: AppTerminal | None = None
         self.view: LiveView | None = None
         self._stop_watch: Callable[[], None] | None = None
+        self._switch_interval = sys.getswitchinterval()
         self._finished = False
         if self.ui not in ("live", "plain"):
             return  # and rich is never imported: a tenth of a second of start-up
@@ -82,7 +84,15 @@ class Display:
 
             from supervisor.terminal import AppTerminal
 
-            self.terminal = AppTerminal.open()
+            try:
+                self.terminal = AppTerminal.open()
+            except MirrortraceError as exc:
+                # No pty here (a container without /dev/pts): COMMAND's output would tear
+                # through the view, so show what plain shows, and say why.
+                self.ui = bus.fmt = "plain"
+                bus.notice(f"mirrortrace: {exc.message}; showing plain lines instead of the "
+                           "live view")
+                return
             self.view = LiveView(self.state, Console(file=sys.stderr))
             bus.take_notices(self.view.notice)
 
@@ -103,19 +113,18 @@ class Display:
         self.view.set_on_refresh(streams)
         # A frame takes a few ms of Python on rich's refresh thread; a tracee's stop
         # must not wait that long for the GIL (the default hand-over is after 5 ms).
+        self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.view.start()
         self._stop_watch = session.watch_agent(state.set_agent, AGENT_WATCH_EVERY)
         if self.terminal is not None:
             self.terminal.start(self.view.app_output)
 
-    def interrupt(self, sig: int) -> bool:
-        """Pass ^C/^\\ on to COMMAND's terminal; False when COMMAND has none of ours (the
-        real terminal signals it itself, as it shares our process group)."""
-        if self.terminal is None:
-            return False
-        self.terminal.interrupt(sig)
-        return True
+    def interrupt(self, sig: int) -> None:
+        """Pass ^C/^\\ on to COMMAND's terminal (without one of ours, the real terminal
+        signals COMMAND itself: it shares our process group)."""
+        if self.terminal is not None:
+            self.terminal.interrupt(sig)
 
     def suspend(self) -> None:
         """^Z: COMMAND stops with us (see AppTerminal.suspend); the shell gets the
@@ -133,7 +142,8 @@ class Display:
             self.view.resume()
 
     def finish(self, exit_status: int | None) -> None:
-        """COMMAND is over: its last output, then the summary. Idempotent."""
+        """COMMAND is over: its last output, then the summary (None: the run failed,
+        and its error, not a summary, is the last word). Idempotent."""
         if self._finished:
             return
         self._finished = True
@@ -143,7 +153,8 @@ class Display:
             self.terminal.close()  # drains what COMMAND wrote last, gives the terminal back
         if self.view is not None:
             if self.view.started:
-                self.view.stop(exit_status)
+                self.view.stop(exit_status, summary=exit_status is not None)
+                sys.setswitchinterval(self._switch_interval)
         elif self.state is not None and exit_status is not None:
             from supervisor.dashboard import plain_summary
 
