@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import invoke, one_error_line
 from hypothesis import given
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from supervisor import cli, options
+from supervisor import options
 from supervisor.errors import (
     AgentLostError,
     AgentStartError,
@@ -53,19 +53,6 @@ def runner_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     monkeypatch.setattr(supervisor.transport, "PipeLink",
                         lambda proc: type("Link", (), {"proc": proc})())
     return calls
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(cli.app, list(args))
-
-
-def one_error_line(result: Any) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("mirrortrace: ")
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_bad_option_is_one_line_and_exit_2() -> None:

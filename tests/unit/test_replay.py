@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import invoke, one_error_line
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.cells import cell_len
 from rich.console import Console
-from typer.testing import CliRunner
 
-from supervisor import cli
 from supervisor.dashboard import plain_summary
 from supervisor.dashboard_state import DashState, SessionInfo
 from supervisor.errors import UsageError
@@ -49,18 +48,6 @@ def record(path: Path, events: list[Event]) -> DashState:
         for event in events:
             bus.emit(event)
     return state
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(cli.app, list(args))
-
-
-def one_error_line(result: Any) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("mirrortrace: ") and "Traceback" not in result.output
-    return lines[0]
 
 
 def test_replay_shows_the_same_summary_as_the_live_run(tmp_path: Path) -> None:
