@@ -253,3 +253,25 @@ def test_a_resized_terminal_is_passed_on(cluster: Cluster, pane: Pane) -> None:
     assert "after=50 120" in text, text
     assert "MT-EXIT=0" in text
     _shell_restored(pane)
+
+
+def test_ten_thousand_calls_fold_into_one_row(cluster: Cluster, pane: Pane,
+                                              tmp_path: Path) -> None:
+    """10,000 identical diverted calls under the live view: the summary shows them as
+    one row whose count is exact (the events file has every one of them)."""
+    events = tmp_path / "events.jsonl"
+    code = ("import os\nfor _ in range(10000): os.stat('/etc/resolv.conf')\n"
+            "print('stats-' + str(6 * 7))")
+    argv = cluster.mirrortrace_argv([sys.executable, "-c", code],
+                                    mt_args=["--events", str(events)])
+    pane.type(f"{shlex.join(argv)}; echo MT-EXIT=$?")
+    text = pane.wait_for(r"MT-EXIT=\d+", timeout=120)
+    assert "stats-42" in text and "MT-EXIT=0" in text, text
+    recorded = sum(1 for line in events.read_text().splitlines()
+                   if '"/etc/resolv.conf"' in line and '"stat"' in line)
+    assert recorded >= 10000
+    tail = text.split("stats-42", 1)[1]
+    row = re.search(r"stat\s+/etc/resolv\.conf\s+pod\s+([\d,]+)", tail)
+    assert row is not None, tail
+    assert int(row.group(1).replace(",", "")) == recorded
+    _shell_restored(pane)
