@@ -94,7 +94,11 @@ def main() -> int:
             time.sleep(0.3)
             done = tmux(sock, "capture-pane", "-p", "-e", "-t", "t", "-S", "-60")
         finally:
+            path = subprocess.run(["tmux", "-L", sock, "display-message", "-p", "#{socket_path}"],
+                                  capture_output=True, text=True).stdout.strip()
             subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+            if path:
+                Path(path).unlink(missing_ok=True)  # kill-server leaves its socket file
     command_line = f"$ mirrortrace run -t deployment/{DEPLOYMENT} -- ./start-orders.sh"
     # From the script's first line: the notices above it list the pod's variable names.
     first = live.rfind("\n", 0, live.index("[orders]")) + 1

@@ -83,6 +83,7 @@ def pane() -> Iterator[Pane]:
         check=True, env=env, timeout=10,
     )
     p = Pane(socket)
+    path = p.tmux("display-message", "-p", "#{socket_path}").strip()
     try:
         p.tmux("set-option", "-t", "t", "history-limit", "5000")
         p.type(f"export PS1={shlex.quote(PROMPT)}")
@@ -90,6 +91,8 @@ def pane() -> Iterator[Pane]:
         yield p
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=10)
+        if path:
+            Path(path).unlink(missing_ok=True)  # kill-server leaves its socket file
 
 
 def _shell_restored(pane: Pane) -> None:
