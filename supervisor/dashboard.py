@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich import box
-from rich.ansi import AnsiDecoder
 from rich.cells import cell_len, get_character_cell_size, set_cell_size
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
@@ -496,6 +496,59 @@ def plain_summary(state: DashState, width: int = 100) -> str:
 # --- the terminal -------------------------------------------------------------------------------
 
 
+# Escape sequences an app's output may carry: colours (SGR, kept) and everything else
+# (cursor moves, clears, titles: dropped, or they would draw over the view).
+_OTHER_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-ln-~]"  # CSI other than SGR ("m")
+    r"|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"  # OSC (window titles, hyperlinks)
+    r"|\x1b[ -/]*[0-Z\\-~]"  # other escapes (ESC 7, ESC c, charset selection)
+    r"|[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f]"  # other controls (\n and \t stay)
+)
+_SGR = re.compile(r"\x1b\[([0-9;:]*)m")
+# What is left of an escape that is not a colour (cut short, or unknown): the ESC goes,
+# or the terminal would read on into what follows (the view itself).
+_STRAY_ESC = re.compile(r"\x1b(?!\[[0-9;:]*m)")
+
+
+def app_lines(done: str, sgr: str) -> tuple[str, str]:
+    """Complete lines of the app's output as they will be written above the view, and
+    the colour state after them.
+
+    Written as they are (rich's own parsing and wrapping cost ~30 µs a line, and a
+    build log has hundreds of thousands), but made safe first: a line keeps only what
+    follows its last \r (how a progress bar redraws itself, and the pty's \r\n), and
+    escape sequences other than colours are dropped. Colours carry over: `sgr`, the
+    state left by the previous lines, is set again first, and the lines end with a
+    reset so the view below is drawn in its own colours.
+    """
+    if "\r" in done:
+        done = "\n".join(line.rpartition("\r")[2] if "\r" in line else line
+                         for line in (ln.rstrip("\r") for ln in done.split("\n")))
+    done = _STRAY_ESC.sub("", _OTHER_ESCAPES.sub("", done))
+    # The colour state after these lines: the SGR parameters since the last reset.
+    state = sgr
+    for params in _SGR.findall(done):
+        if params in ("", "0") or params.startswith("0;"):
+            state = params[2:]
+        else:
+            state = f"{state};{params}" if state else params
+    prefix = f"\x1b[{sgr}m" if sgr else ""
+    suffix = "\x1b[0m" if state else ""
+    if suffix and done.endswith("\n"):
+        done = done[:-1] + suffix + "\n"
+    return prefix + done, state
+
+
+class _Verbatim:
+    """Text written as it is (see app_lines), for Live to put above the view."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Segment(self.text)
+
+
 class LiveView:
     """The dashboard at the bottom of the terminal, the app's output scrolling above.
 
@@ -520,7 +573,7 @@ class LiveView:
                           redirect_stdout=False, redirect_stderr=True)
         self._lock = threading.Lock()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._ansi = AnsiDecoder()  # one for the session: a colour may span lines
+        self._sgr = ""  # the app's colours still in force after its last line
         self._chunks: list[str] = []
         self._size = 0
         self._partial_since: float | None = None  # when the unfinished line began
@@ -621,7 +674,5 @@ class LiveView:
         elif self._timer is None and since is not None:
             self._arm(max(0.0, since + self.flush_after - now))
         if done:
-            # A pty ends lines with \r\n, and rich's decoder keeps only what follows
-            # a line's last \r (how a progress bar redraws itself).
-            lines = [self._ansi.decode_line(line.rstrip("\r")) for line in done.split("\n")[:-1]]
-            self.console.print(Text("\n").join(lines), highlight=False)
+            text, self._sgr = app_lines(done, self._sgr)
+            self.console.print(_Verbatim(text))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from rich.console import Console, RenderableType
 from supervisor.dashboard import (
     TOP_PER_KIND,
     LiveView,
+    app_lines,
     plain_summary,
     render_live,
     render_summary,
@@ -506,3 +508,29 @@ def test_a_notice_comes_after_the_app_lines_before_it() -> None:
     view.stop(1)
     written = out.getvalue()
     assert written.index("app says hello") < written.index("mirrortrace: agent lost; calls now")
+
+
+def test_app_lines_keep_colours_and_drop_what_would_draw_over_the_view() -> None:
+    text, state = app_lines("\x1b[2J\x1b[Hclear\x1b]0;title\x07ed\x1b[5A\x1b7\r\n"
+                            "\x1b[1mbold \x1b[31mred\r\n", "")
+    assert text == "cleared\n\x1b[1mbold \x1b[31mred\x1b[0m\n"  # reset before the view
+    assert state == "1;31"
+    # The next lines start in the colours still in force, until the app resets them.
+    text, state = app_lines("still\r\n\x1b[0mplain\r\n", state)
+    assert text == "\x1b[1;31mstill\n\x1b[0mplain\n" and state == ""
+
+
+def test_app_lines_show_what_a_progress_bar_shows_last() -> None:
+    text, _ = app_lines("get 10%\r50%\r100%\r\nnext\r\n", "")
+    assert text == "100%\nnext\n"
+
+
+@given(st.text(alphabet=st.sampled_from(
+    ["a", " ", "\t", "\r", "\n", "\x1b", "[", "]", "0", "3", "1", ";", "m", "H", "J", "\x07",
+     "\x00", "\x08", "é"]), max_size=80))
+def test_app_lines_leave_no_escape_but_colours(raw: str) -> None:
+    text, _ = app_lines(raw + "\n", "")
+    rest = re.sub(r"\x1b\[[0-9;:]*m", "", text)
+    assert not re.search(r"\x1b[\[\]]", rest), repr(text)  # no CSI or OSC but SGR
+    assert not re.search(r"[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f\r]", rest), repr(text)
+    assert text.count("\n") == raw.count("\n") + 1  # one line out per line in
