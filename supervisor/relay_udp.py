@@ -64,6 +64,7 @@ class UdpRelays:
     bus: EventBus
 
     def _init_udp_relays(self) -> None:
+        self._udp_refusing = False  # the agent is gone (see _refuse_udp)
         self.udp_relays: dict[tuple[Addr, int], UdpRelay] = {}
         self.udp_remote: dict[Addr, Addr] = {}  # relay addr -> remote
         self.udp_sources: dict[Addr, UdpSource] = {}
@@ -71,6 +72,20 @@ class UdpRelays:
 
     def _close_udp_relays(self) -> None:
         for relay in self.udp_relays.values():
+            if relay.transport is not None:
+                relay.transport.close()
+
+    def _refuse_udp(self) -> None:
+        """The agent is gone: from now on the kernel refuses what the program sends to a
+        diverted address, as a network that refuses would.
+
+        Dropping the datagrams instead would leave every lookup waiting out its
+        resolver's timeout (5 s a try with glibc). With the relay sockets closed, a
+        datagram to one of their ports gets ICMP port unreachable, and the program's
+        connected socket ECONNREFUSED at once. Runs on the loop thread.
+        """
+        self._udp_refusing = True
+        for relay in list(self.udp_relays.values()):
             if relay.transport is not None:
                 relay.transport.close()
 
@@ -102,8 +117,14 @@ class UdpRelays:
         sock.setblocking(False)
         relay = UdpRelay(self, remote, sock.getsockname()[:2])
         self.udp_remote[relay.addr] = remote
+        if self._udp_refusing:
+            sock.close()  # a port nobody listens on: what is sent there is refused
+            return relay
 
         def register() -> None:
+            if self._udp_refusing:
+                sock.close()  # the agent went while this relay was being made
+                return
             self.loop.create_task(self.loop.create_datagram_endpoint(lambda: relay, sock=sock))
 
         self.loop.call_soon_threadsafe(register)

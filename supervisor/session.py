@@ -124,6 +124,7 @@ class Session(TcpRelays, UdpRelays):
         reason = fut.result()
         if self.lost is None and not self._closing:
             self.lost = reason or "the agent closed the channel"
+            self._refuse_udp()
             self.bus.notice(
                 f"mirrortrace: lost the agent ({self.lost}); diverted connections now fail "
                 "with ECONNRESET/ECONNREFUSED"

@@ -290,19 +290,25 @@ AFTER_LOSS = f"""
         print("new connect ok", flush=True)
     except OSError as exc:
         print("new connect", errno.errorcode.get(exc.errno, exc.errno), flush=True)
+    try:
+        socket.getaddrinfo("db.other.svc.cluster.local", {WEB_PORT}, type=socket.SOCK_STREAM)
+        print("lookup ok", flush=True)
+    except socket.gaierror:
+        print("lookup failed", flush=True)
 """
 
 
 def test_agent_killed_then_new_connect_is_refused(cluster: Cluster, tmp_path: Path) -> None:
-    """After the agent is gone, the broken download raises in the program, and a new
-    connection fails at once with ECONNREFUSED, like a network that refuses."""
+    """After the agent is gone, the broken download raises in the program, a new
+    connection fails at once with ECONNREFUSED, and a name lookup fails at once (the
+    pod's DNS server refuses), like a network that refuses."""
     token = secrets.token_hex(8)
     err = tmp_path / "stderr.txt"
     argv = [sys.executable, "-I", "-c", textwrap.dedent(AFTER_LOSS)]
     with open(err, "wb") as errf:
         proc = cluster.spawn(
             argv,
-            env={MARK_VAR: token},
+            env={MARK_VAR: token, "RES_OPTIONS": "timeout:25 attempts:1"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=errf,
@@ -324,6 +330,9 @@ def test_agent_killed_then_new_connect_is_refused(cluster: Cluster, tmp_path: Pa
     text = err.read_text(errors="replace")
     assert lines[1].startswith("download failed"), (lines, text)
     assert lines[2] == "new connect ECONNREFUSED", (lines, text)
+    # The lookup fails at once too: the pod's DNS refuses. Had it been dropped, the
+    # resolver would wait out RES_OPTIONS' 25 s and the run would overrun _finish.
+    assert lines[3].startswith("lookup failed"), (lines, text)
     assert status == 0, text  # the program's own status
     lost = [line for line in text.splitlines() if "agent" in line.lower()]
     assert len(lost) == 1 and "lost" in lost[0].lower(), text

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -277,4 +278,31 @@ def test_ten_thousand_calls_fold_into_one_row(cluster: Cluster, pane: Pane,
     row = re.search(r"stat\s+/etc/resolv\.conf\s+pod\s+([\d,]+)", tail)
     assert row is not None, tail
     assert int(row.group(1).replace(",", "")) == recorded
+    _shell_restored(pane)
+
+
+def test_an_agent_lost_mid_run_shows_in_the_view(cluster: Cluster, pane: Pane,
+                                                 tmp_path: Path) -> None:
+    """The agent dies while COMMAND runs: one notice line above the view says so, the
+    header turns to "lost", COMMAND's next lookup and connect fail at once like a
+    refusing network, and the run still ends with a summary and the terminal back."""
+    pidfile = tmp_path / "agent.pid"
+    agent = shlex.join(["sh", "-c", f'echo $$ > {pidfile}; exec "$0" "$@"',
+                        *shlex.split(cluster.agent_exec)])
+    script = (f"curl -s http://web:{WEB_PORT}/hello; echo first-$((1+1)); sleep 4; "
+              f"curl -s --max-time 5 http://web:{WEB_PORT}/hello; echo second-exit=$?")
+    argv = cluster.mirrortrace_argv(["sh", "-c", script], agent_exec=agent)
+    pane.type(f"{shlex.join(argv)}; echo MT-EXIT=$?")
+    pane.wait_for(r"first-2")
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    during = pane.wait_for(r"agent\s+lost", timeout=15)
+    notices = [ln for ln in during.splitlines() if "mirrortrace:" in ln and "agent" in ln
+               and "lost" in ln.lower()]
+    assert len(notices) == 1, during
+    text = pane.wait_for(r"MT-EXIT=\d+", timeout=30)
+    # Refused at once (6: the pod's DNS refuses, 7: the connect is refused), never
+    # left to time out (28): the agent's loss is a network that refuses.
+    assert re.search(r"second-exit=[67]\b", text), text
+    assert "MT-EXIT=0" in text, text
+    assert "mirrortrace summary" in text.split("second-exit", 1)[1]
     _shell_restored(pane)
