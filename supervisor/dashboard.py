@@ -530,8 +530,10 @@ def app_lines(done: str, sgr: str) -> tuple[str, str]:
     for params in _SGR.findall(done):
         if params in ("", "0") or params.startswith("0;"):
             state = params[2:]
+        elif state and len(state) < 120:
+            state = f"{state};{params}"
         else:
-            state = f"{state};{params}" if state else params
+            state = params  # an app that never resets: keep its latest colour, bounded
     prefix = f"\x1b[{sgr}m" if sgr else ""
     suffix = "\x1b[0m" if state else ""
     if suffix and done.endswith("\n"):

@@ -534,3 +534,10 @@ def test_app_lines_leave_no_escape_but_colours(raw: str) -> None:
     assert not re.search(r"\x1b[\[\]]", rest), repr(text)  # no CSI or OSC but SGR
     assert not re.search(r"[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f\r]", rest), repr(text)
     assert text.count("\n") == raw.count("\n") + 1  # one line out per line in
+
+
+def test_the_colour_state_stays_bounded_for_an_app_that_never_resets() -> None:
+    state = ""
+    for i in range(1000):
+        _, state = app_lines(f"\x1b[3{i % 8}mline\r\n", state)
+    assert len(state) < 130 and state.endswith(f"3{999 % 8}")
