@@ -11,7 +11,6 @@ Ctrl-C included.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 from supervisor.errors import MirrortraceError
@@ -151,11 +149,19 @@ def stop_pod(pod: subprocess.Popen[bytes]) -> None:
 
 
 def summarize(events_file: Path) -> str:
+    """The run's calls per kind, counted as the dashboard counts them: a relayed
+    stream's end (its "close" event) carries bytes, it is not another call."""
+    from supervisor.dashboard_state import DashState, SessionInfo
+    from supervisor.errors import UsageError
+    from supervisor.replay import load_events
+
+    state = DashState(SessionInfo("demo"))
     try:
-        lines = events_file.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        for event in load_events(events_file):
+            state.add(event)
+    except UsageError:
         return "no events were recorded"
-    kinds = Counter(json.loads(line).get("kind", "?") for line in lines if line.strip())
+    kinds = {kind: c.calls for kind, c in state.counts().items() if c.calls}
     total = sum(kinds.values())
     if not total:
         return "no calls were diverted"

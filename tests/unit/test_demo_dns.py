@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -186,3 +187,19 @@ def test_default_client_ignores_proxies(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(demo.shutil, "which", lambda name: None)
     client = demo.default_client()
     assert "ProxyHandler({})" in client[-1]
+
+
+def test_the_demo_summary_counts_calls_not_stream_ends(tmp_path: Path) -> None:
+    from supervisor.demo import summarize
+    from supervisor.events import Event
+
+    events = [
+        Event(1.0, 9, "curl", "sendto", "dns", "web A", "agent", "0", 900),
+        Event(1.1, 9, "curl", "connect", "connect", "198.18.0.10:80", "agent", "0", 900),
+        Event(1.2, 9, "curl", "close", "connect", "198.18.0.10:80", "agent", "0", 5000,
+              {"sent": 77, "received": 149}),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(e.to_json() + "\n" for e in events))
+    assert summarize(path) == "2 calls diverted to the pod (connect 1, dns 1)"
+    assert summarize(tmp_path / "missing.jsonl") == "no events were recorded"
