@@ -241,6 +241,8 @@ def goal(value: float, bound: float, op: str, unit: str = "") -> str:
 
 
 def machine_lines(quick: bool, load_before: tuple[float, ...]) -> list[str]:
+    """The table's first line: the bench being run (each runs as a script), the commit,
+    the machine and its load."""
     cpus = len(os.sched_getaffinity(0))
     model = ""
     with contextlib.suppress(OSError):
@@ -256,7 +258,8 @@ def machine_lines(quick: bool, load_before: tuple[float, ...]) -> list[str]:
         commit += " + uncommitted changes"
     socat = _version(["socat", "-V"], pick="socat version")
     return [
-        f"Measured {now} with `python benches/bench_core.py{' --quick' if quick else ''}` "
+        f"Measured {now} with `python benches/{Path(sys.argv[0]).name}"
+        f"{' --quick' if quick else ''}` "
         f"(mirrortrace {commit}) on {platform.node() or 'this machine'}: nproc {cpus}"
         + (f" ({model})" if model else "")
         + f", Linux {platform.release()}, Python {platform.python_version()} "

@@ -355,7 +355,6 @@ def row_big(report: Report, plan: Plan, pod: Pod) -> None:
 
 def header(quick: bool, load_before: tuple[float, ...]) -> list[str]:
     lines = machine_lines(quick, load_before)
-    lines[0] = lines[0].replace("benches/bench_core.py", "benches/bench_files.py")
     proot = "no proot"
     try:
         out = subprocess.run(["proot", "--version"], capture_output=True, text=True,

@@ -332,12 +332,6 @@ def row_startup(report: Report, plan: Plan, s: Setup) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def header(quick: bool, load_before: tuple[float, ...]) -> list[str]:
-    lines = machine_lines(quick, load_before)
-    lines[0] = lines[0].replace("benches/bench_core.py", "benches/bench_kube.py")
-    return lines
-
-
 def unavailable(rows: set[str]) -> tuple[Any, str]:
     """(the cluster module, "") or (None, why the rows cannot run here)."""
     cm = import_cluster()
@@ -387,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for proc in list(LIVE):
             kill_tree(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    return conclude(report, header(args.quick, load_before), started)
+    return conclude(report, machine_lines(args.quick, load_before), started)
 
 
 if __name__ == "__main__":

@@ -179,12 +179,6 @@ def row_live(report: Report, plan: Plan, progs: dict[str, str], cl: Any, cm: Any
     )
 
 
-def header(quick: bool, load_before: tuple[float, ...]) -> list[str]:
-    lines = machine_lines(quick, load_before)
-    lines[0] = lines[0].replace("benches/bench_core.py", "benches/bench_ui.py")
-    return lines
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
@@ -213,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for proc in list(LIVE):
             kill_tree(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    return conclude(report, header(args.quick, load_before), started)
+    return conclude(report, machine_lines(args.quick, load_before), started)
 
 
 if __name__ == "__main__":
